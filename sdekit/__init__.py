@@ -1,0 +1,35 @@
+"""sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
+
+from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
+from .fokker_planck import fokker_planck_residual, solve_fokker_planck
+from .linear import EDMSDE, OUSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from .mixture import GaussianMixture
+from .schedules import BetaSchedule, CosineBeta, LinearBeta
+from .sde import SDE, ProbabilityFlowODE, ReverseSDE, broadcast_to_data
+from .simulate import simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE",
+    "ReverseSDE",
+    "ProbabilityFlowODE",
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "EDMSDE",
+    "OUSDE",
+    "BetaSchedule",
+    "LinearBeta",
+    "CosineBeta",
+    "GaussianMixture",
+    "DDPMSchedule",
+    "ddpm_step",
+    "ddpm_ancestral_step",
+    "smld_ancestral_step",
+    "simulate",
+    "solve_fokker_planck",
+    "fokker_planck_residual",
+    "broadcast_to_data",
+]
