@@ -1,0 +1,57 @@
+"""A small conditional MLP for 1D and 2D toy data."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import GaussianFourierEmbedding, LabelEmbedding
+
+
+class MLP(nn.Module):
+    r"""An MLP :math:`F_\theta(x, t, y)` for data ``(batch, dim)``; the output is shaped like ``x``.
+
+    Time enters as Gaussian Fourier features of ``t`` exactly as passed in (raw :math:`t`, or
+    :math:`\tfrac14\ln\sigma` behind :class:`EDMPrecond`), lifted by a linear layer and added, with
+    the optional class embedding, before every hidden layer:
+    :math:`h_{k+1} = W_k\,\operatorname{SiLU}(h_k + e(t, y))`.
+
+    Args:
+        dim: data dimension.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers (>= 1).
+        time_features: number of Fourier features of ``t`` (even).
+        num_classes: number of class labels, or ``None`` for an unconditional model.
+    """
+
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 3,
+        time_features: int = 16,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.dim = dim
+        self.time = nn.Sequential(
+            GaussianFourierEmbedding(time_features), nn.Linear(time_features, hidden)
+        )
+        self.label = LabelEmbedding(num_classes, hidden)
+        self.inp = nn.Linear(dim, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (batch, {self.dim}), got {tuple(x.shape)}")
+        cond = self.label(self.time(t).to(x.dtype), labels)
+        h = self.inp(x)
+        for layer in self.hidden:
+            h = layer(F.silu(h + cond))
+        return self.out(F.silu(h + cond))

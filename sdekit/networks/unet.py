@@ -1,0 +1,183 @@
+r"""A UNet score network in the spirit of DDPM++/NCSN++ (Song et al. 2021, App. H; Ho et al. 2020).
+
+Residual blocks (BigGAN style: GroupNorm, SiLU, 3x3 conv) are conditioned on time and class by a
+scale-shift (FiLM, Perez et al. 2018; Dhariwal & Nichol 2021, §3) of their second normalisation,
+:math:`h \leftarrow \operatorname{GN}(h)(1 + \gamma(e)) + \beta(e)`; every residual sum is divided
+by :math:`\sqrt 2` (DDPM++'s ``skip_rescale``). Self-attention (fused
+:func:`~torch.nn.functional.scaled_dot_product_attention`) runs at the chosen resolutions and in the
+middle. Each level but the last halves the resolution with a stride-2 convolution, so the image size
+must be divisible by :math:`2^{L-1}` for :math:`L` levels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .embeddings import LabelEmbedding, time_embedding
+
+_SQRT_HALF = 1 / math.sqrt(2)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, FiLM by the conditioning vector, GN-SiLU-dropout-conv, rescaled skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = _norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = _norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        h = self.conv2(self.dropout(F.silu(h)))
+        return (self.skip(x) + h) * _SQRT_HALF
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels (heads of 64 channels where they divide)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.heads = channels // 64 if channels % 64 == 0 else 1
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (b, heads, pixels, head_dim)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(-1, -2).reshape(b, c, hgt, wid)
+        return (x + self.proj(h)) * _SQRT_HALF
+
+
+class UNet(nn.Module):
+    r"""A DDPM++-style UNet :math:`F_\theta(x, t, y)` on ``(batch, in_channels, size, size)``.
+
+    Args:
+        in_channels: image channels (the output has as many).
+        image_size: height and width; must be divisible by ``2 ** (len(channel_mults) - 1)``.
+        base_channels: channels of the first level; level ``i`` has
+            ``base_channels * channel_mults[i]``.
+        channel_mults: one multiplier per resolution level.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: resolutions (side lengths) at which self-attention follows each block.
+        dropout: dropout probability inside the residual blocks.
+        embedding: ``"fourier"`` (Gaussian Fourier features of ``t``, NCSN++) or ``"sinusoidal"``
+            (positional features of ``1000 t``, DDPM); see :mod:`sdekit.networks.embeddings`.
+        num_classes: number of class labels, or ``None`` for an unconditional model.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (4,),
+        dropout: float = 0.1,
+        embedding: str = "fourier",
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if not channel_mults or min(channel_mults) < 1:
+            raise ValueError(
+                f"channel_mults must be a non-empty tuple of ints >= 1, got {channel_mults}"
+            )
+        factor = 2 ** (len(channel_mults) - 1)
+        if image_size < 1 or image_size % factor:
+            raise ValueError(
+                "image_size must be a positive multiple of 2 ** (len(channel_mults) - 1) = "
+                f"{factor}, "
+                f"got {image_size}"
+            )
+        if num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.in_channels, self.image_size = in_channels, image_size
+        emb_dim = 4 * base_channels
+        self.time = nn.Sequential(
+            time_embedding(embedding, base_channels),
+            nn.Linear(base_channels, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+        self.label = LabelEmbedding(num_classes, emb_dim)
+
+        def attn(ch: int, res: int) -> nn.Module:
+            return Attention(ch) if res in attn_resolutions else nn.Identity()
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, ch, res = [base_channels], base_channels, image_size
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                out = base_channels * mult
+                self.down.append(
+                    nn.ModuleList([ResBlock(ch, out, emb_dim, dropout), attn(out, res)])
+                )
+                skips.append(out)
+                ch = out
+            if level < len(channel_mults) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
+        )
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mults))):
+            for _ in range(num_res_blocks + 1):
+                out = base_channels * mult
+                block = ResBlock(ch + skips.pop(), out, emb_dim, dropout)
+                self.up.append(nn.ModuleList([block, attn(out, res)]))
+                ch = out
+            if level > 0:
+                self.up.append(
+                    nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, ch, 3, padding=1))
+                )
+                res *= 2
+        self.norm_out = _norm(ch)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
+        emb = F.silu(self.label(self.time(t), labels))
+        h = self.conv_in(x)
+        skips = [h]
+        for layer in self.down:
+            if isinstance(layer, nn.ModuleList):
+                h = layer[1](layer[0](h, emb))
+            else:
+                h = layer(h)
+            skips.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):
+                h = layer[1](layer[0](torch.cat([h, skips.pop()], dim=1), emb))
+            else:
+                h = layer(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
