@@ -123,7 +123,9 @@ class LinearSDE(SDE):
         if s.device.type == "cpu" and bool((s > t).any()):
             raise ValueError("s must be <= t elementwise for the forward transition kernel")
         alpha_ts = torch.exp(self.log_alpha(t) - self.log_alpha(s))
-        sigma_ts = self.sigma(t) * torch.sqrt(-torch.expm1(self.log_snr(t) - self.log_snr(s)))
+        # s = t = 0 gives inf - inf where the log-SNR is infinite at 0; the kernel is the identity
+        d_lam = torch.where(t > s, self.log_snr(t) - self.log_snr(s), torch.zeros_like(t))
+        sigma_ts = self.sigma(t) * torch.sqrt(-torch.expm1(d_lam))
         return alpha_ts, sigma_ts
 
     @property

@@ -90,11 +90,22 @@ class CosineBeta(BetaSchedule):
         return math.pi / (1 + self.s) * torch.tan(self._phi(t))
 
     def integral(self, t):
-        return -2 * (torch.log(torch.cos(self._phi(t))) - math.log(math.cos(self._phi0)))
+        # cos(phi0 + d)/cos(phi0) - 1 = -2 sin^2(d/2) - tan(phi0) sin(d), d = phi(t) - phi0: through
+        # log1p this is exact at t = 0 (B = 0, not a rounding-error negative; sigma(0) was NaN) and
+        # accurate for small t
+        d = 0.5 * math.pi * t / (1 + self.s)
+        return -2 * torch.log1p(-2 * torch.sin(0.5 * d) ** 2 - math.tan(self._phi0) * torch.sin(d))
 
     def integral_inverse(self, B):
-        phi = torch.arccos(math.cos(self._phi0) * torch.exp(-0.5 * B))
-        return phi * (2 * (1 + self.s) / math.pi) - self.s
+        # cos(phi) = c (1 - y) with y = 1 - exp(-B/2); d = phi - phi0 from
+        # sin d = c (sin phi - (1 - y) sin phi0) and
+        # sin phi - sin phi0 = c^2 (2y - y^2) / (sin phi + sin phi0): positive terms only, so
+        # small t keeps its relative accuracy (arccos near 1 loses it)
+        c, sn = math.cos(self._phi0), math.sin(self._phi0)
+        y = -torch.expm1(-0.5 * B)
+        sin_phi = torch.sqrt(sn**2 + c**2 * y * (2 - y))
+        sin_d = c * (c**2 * y * (2 - y) / (sin_phi + sn) + y * sn)
+        return torch.arcsin(sin_d) * (2 * (1 + self.s) / math.pi)
 
     def discrete_betas(self, N, T=1.0):
         r"""Improved DDPM's betas: :math:`\beta_i = \min(1 - \bar\alpha(i/N)/\bar\alpha((i-1)/N), 0.999)`.

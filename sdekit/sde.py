@@ -155,6 +155,8 @@ class ProbabilityFlowODE(nn.Module):
     def __init__(self, sde: SDE, score_fn: ScoreFn):
         super().__init__()
         self.sde, self.score_fn = sde, score_fn
+        # the time domain, so that simulate() can step the ODE like any SDE
+        self.T, self.t_min = sde.T, sde.t_min
         self.nfe = 0
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
