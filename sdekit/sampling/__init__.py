@@ -4,8 +4,9 @@
 (:data:`SAMPLERS`); :func:`list_samplers` prints them.
 """
 
-from . import euler  # noqa: F401  (registers its samplers)
-from .api import SampleInfo, sample
+# The method modules are imported for their @register side effect.
+from . import adaptive, ddim, dpm_solver, euler, heun, ode, predictor_corrector  # noqa: F401
+from .api import SampleInfo, list_samplers, sample
 from .grids import GRIDS, time_grid
 from .noise import NoiseSource
 from .registry import SAMPLERS, SamplerSpec, get_sampler, register
@@ -13,6 +14,7 @@ from .registry import SAMPLERS, SamplerSpec, get_sampler, register
 __all__ = [
     "sample",
     "SampleInfo",
+    "list_samplers",
     "time_grid",
     "GRIDS",
     "NoiseSource",

@@ -23,7 +23,7 @@ from ..parameterization import check_prediction, score_fn
 from ..sde import SDE, broadcast_to_data
 from .grids import check_grid, time_grid
 from .noise import NoiseSource
-from .registry import get_sampler
+from .registry import SAMPLERS, get_sampler
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -170,3 +170,18 @@ def sample(
 
     traj = torch.stack(trajectory) if trajectory is not None else None
     return x, SampleInfo(nfe=score.nfe, ts=ts, trajectory=traj, method=spec.name)
+
+
+def list_samplers() -> str:
+    """Print (and return) a markdown table of the registered samplers and their properties."""
+    rows = ["| name | aliases | order | stochastic | needs marginal | evals/step | grid | paper |"]
+    rows.append("|" + "---|" * 8)
+    for spec in sorted(SAMPLERS.values(), key=lambda s: s.name):
+        evals = "adaptive" if spec.evals_per_step is None else str(spec.evals_per_step)
+        rows.append(
+            f"| {spec.name} | {', '.join(spec.aliases)} | {spec.order:g} | {spec.stochastic} | "
+            f"{spec.needs_marginal} | {evals} | {spec.default_grid} | {spec.paper} |"
+        )
+    table = "\n".join(rows)
+    print(table)
+    return table
