@@ -15,8 +15,10 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
-# examples run headless during the build
+# examples run headless during the build, single-threaded: their tensors are small, and on a shared
+# machine extra torch threads oversubscribe the cores and slow them down several times over
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sdekit
 

@@ -100,7 +100,7 @@ for row, (states, label) in enumerate([(forward, "forward"), (backward, "reverse
         ax.set_title(f"{label}, t = {t:.3g}")
 fig.suptitle(f"VP SDE, exact score: sliced W1 {error:.3f} (floor {floor:.3f})")
 fig.tight_layout()
-out = Path(__file__).resolve().parents[1] / "outputs"
+out = Path("outputs")  # under the working directory: the repo root in README's commands
 out.mkdir(exist_ok=True)
 fig.savefig(out / "demo_2d.png", dpi=120)
 print(f"figure: {out / 'demo_2d.png'}")

@@ -122,6 +122,6 @@ for row, (samples, label) in enumerate([(forward, "forward"), (backward, "revers
         if row == 1 and col == 0:
             ax.legend(fontsize=7, loc="upper left")
 fig.tight_layout()
-out = Path(__file__).resolve().parents[1] / "outputs"
+out = Path("outputs")  # under the working directory: the repo root in README's commands
 out.mkdir(exist_ok=True)
 fig.savefig(out / "plot_1d_mixture_fp.png", dpi=110)

@@ -69,7 +69,7 @@ for col, (name, sde) in enumerate(schedules.items()):
     axes[0, col].legend(fontsize=8)
     axes[1, col].legend(fontsize=8)
 fig.tight_layout()
-out = Path(__file__).resolve().parents[1] / "outputs"
+out = Path("outputs")  # under the working directory: the repo root in README's commands
 out.mkdir(exist_ok=True)
 fig.savefig(out / "plot_ddpm_equivalence.png", dpi=110)
 

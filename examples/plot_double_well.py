@@ -122,6 +122,6 @@ for row, (name, (states, paths, density)) in enumerate(results.items()):
 axes[0, 1].legend(fontsize=8)
 axes[0, 0].set_title("sample paths")
 fig.tight_layout()
-out = Path(__file__).resolve().parents[1] / "outputs"
+out = Path("outputs")  # under the working directory: the repo root in README's commands
 out.mkdir(exist_ok=True)
 fig.savefig(out / "plot_double_well.png", dpi=110)
