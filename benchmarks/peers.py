@@ -1,0 +1,274 @@
+r"""Peer samplers driven by the same exact score: diffusers' schedulers and k-diffusion's samplers.
+
+Every adapter turns a score function ``score(x, t)`` of a :class:`~sdekit.VPSDE`
+(:math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`) into the peer's own parameterization:
+
+- diffusers (Ho et al. 2020's discrete DDPM): an :math:`\varepsilon`-model of ``(x, timestep)``.
+  Timestep :math:`\tau` (0..999, fractional for Euler/Heun) has the noise level
+  :math:`\tilde\sigma_\tau = \sqrt{(1-\bar\alpha_\tau)/\bar\alpha_\tau}` of the scheduler's own
+  ``alphas_cumprod`` (linearly interpolated in :math:`\tau`, as diffusers does), and is mapped to
+  the continuous time with the *same* log-SNR,
+  :math:`t = \lambda^{-1}(-2\log\tilde\sigma_\tau)` (about :math:`(\tau+1)/1000` for the 1000-step
+  betas of the VP SDE); then
+  :math:`\varepsilon = -\sigma_t\,s(x, t)`. The model is thus exact for the marginal the scheduler
+  assumes, whatever timesteps it visits.
+- k-diffusion (Karras et al. 2022, eq. 4 with :math:`s(t) = \alpha`): the scaled state
+  :math:`\tilde x = x/\alpha` solves the EDM ODE in :math:`\tilde\sigma = \sigma/\alpha`, with the
+  denoiser :math:`D(\tilde x, \tilde\sigma) = \hat x_0 = (x + \sigma^2 s(x, t))/\alpha` (Tweedie).
+
+Peers are optional: :func:`peers` leaves out (with a message) any library that is not installed.
+k-diffusion's package ``__init__`` imports torchvision and more, so only ``k_diffusion/sampling.py``
+is loaded, by file path, with a stub ``k_diffusion.utils`` providing the one helper it uses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from sdekit.linear import VPSDE
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer sampler: ``run(score, x_T, nfe, generator) -> (samples, nfe_used <= nfe)``.
+
+    ``adaptive`` samplers ignore the budget's exactness: they are run at several tolerances instead
+    (``run(score, x_T, tol, generator)``) and placed at the NFE they used.
+    """
+
+    name: str
+    run: Callable
+    adaptive: bool = False
+
+
+def load_k_diffusion_sampling() -> types.ModuleType | None:
+    """``k_diffusion.sampling`` alone, or None when k-diffusion (or torchsde) is missing."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    if importlib.util.find_spec("torchsde") is None:
+        return None
+    root = spec.submodule_search_locations[0]
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [root]
+    utils = types.ModuleType("k_diffusion.utils")
+
+    def append_dims(x, target_dims):
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+    utils.append_dims = append_dims
+    package.utils = utils
+    saved = {name: sys.modules.get(name) for name in ("k_diffusion", "k_diffusion.utils")}
+    sys.modules["k_diffusion"], sys.modules["k_diffusion.utils"] = package, utils
+    try:
+        file_spec = importlib.util.spec_from_file_location(
+            "k_diffusion.sampling", f"{root}/sampling.py"
+        )
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
+    return module
+
+
+def _vp_time(sde: VPSDE, sigma_tilde: torch.Tensor) -> torch.Tensor:
+    """The continuous time whose :math:`\\sigma/\\alpha` is ``sigma_tilde`` (log-SNR -2 log of it).
+
+    Peers build their sigmas in float32, so the end points map to a hair outside ``[0, T]``: that
+    round-off (not an error of the sampler) is clamped.
+    """
+    t = sde.log_snr_inverse(-2 * torch.log(sigma_tilde.to(torch.float64)))
+    return t.clamp(0.0, sde.T)
+
+
+def k_denoiser(score: Score, sde: VPSDE) -> Callable:
+    """k-diffusion's denoiser :math:`D(\\tilde x, \\tilde\\sigma)` for a VP score (module doc)."""
+
+    def denoiser(x_tilde: torch.Tensor, sigma_tilde: torch.Tensor) -> torch.Tensor:
+        t = _vp_time(sde, sigma_tilde)
+        alpha = torch.rsqrt(1 + sigma_tilde.to(torch.float64) ** 2)
+        a = alpha.to(x_tilde.dtype).reshape(-1, *([1] * (x_tilde.ndim - 1)))
+        sigma = (alpha * sigma_tilde.to(torch.float64)).to(x_tilde.dtype)
+        s = sigma.reshape(a.shape)
+        x = a * x_tilde
+        return (x + s**2 * score(x, t.to(x.dtype))) / a
+
+    return denoiser
+
+
+def k_sigma_range(sde: VPSDE) -> tuple[float, float]:
+    """:math:`(\\tilde\\sigma(t_{\\min}), \\tilde\\sigma(T))`: sdekit's times in k-diffusion."""
+    t = torch.tensor([sde.t_min, sde.T], dtype=torch.float64)
+    s = torch.exp(-0.5 * sde.log_snr(t))
+    return float(s[0]), float(s[1])
+
+
+def k_grid(k, sde: VPSDE, n: int, kind: str) -> torch.Tensor:
+    """``n`` sigmas from :math:`\\tilde\\sigma(T)` to :math:`\\tilde\\sigma(t_{\\min})`, then 0.
+
+    ``kind``: ``"karras"`` (Karras et al. 2022, eq. 5, rho = 7) or ``"vp"`` (uniform in t).
+    """
+    lo, hi = k_sigma_range(sde)
+    if kind == "karras":
+        return k.get_sigmas_karras(n, lo, hi).to(torch.float64)
+    if kind == "vp":
+        t = torch.linspace(sde.T, sde.t_min, n, dtype=torch.float64)
+        return k.append_zero(torch.exp(-0.5 * sde.log_snr(t)))
+    raise ValueError(f"kind must be 'karras' or 'vp', got {kind!r}")
+
+
+def _gaussian_noise_sampler(x: torch.Tensor, generator: torch.Generator):
+    # Plain independent Gaussians instead of k-diffusion's default Brownian tree: the same law per
+    # step, far cheaper on a 50,000-sample batch, and seeded by the benchmark's generator.
+    return lambda sigma, sigma_next: torch.randn(
+        x.shape, generator=generator, dtype=x.dtype, device=x.device
+    )
+
+
+def k_diffusion_peers(sde: VPSDE, grids: tuple[str, ...] = ("karras",)) -> list[Peer]:
+    """k-diffusion's euler, heun, dpm_2, lms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, dpm_adaptive."""
+    k = load_k_diffusion_sampling()
+    if k is None:
+        print("k-diffusion (with torchsde) is not installed: its samplers are left out")
+        return []
+    # name -> (function, evals of a step but the last, stochastic); the last step (to sigma = 0) is
+    # a single evaluation for every method here.
+    methods = {
+        "euler": (k.sample_euler, 1, False),
+        "heun": (k.sample_heun, 2, False),
+        "dpm_2": (k.sample_dpm_2, 2, False),
+        "lms": (k.sample_lms, 1, False),
+        "dpmpp_2m": (k.sample_dpmpp_2m, 1, False),
+        "dpmpp_2m_sde": (k.sample_dpmpp_2m_sde, 1, True),
+        "dpmpp_3m_sde": (k.sample_dpmpp_3m_sde, 1, True),
+    }
+
+    def make(fn, per_step, stochastic, grid):
+        def run(score, x_T, nfe, generator):
+            # n sigmas + a final 0: (n - 1) steps of `per_step` evaluations and a 1-eval last step.
+            n = (nfe - 1) // per_step + 1
+            if n < 2:
+                return None
+            sigmas = k_grid(k, sde, n, grid).to(x_T.device)
+            alpha_T = math.sqrt(1 / (1 + float(sigmas[0]) ** 2))
+            extra = {"noise_sampler": _gaussian_noise_sampler(x_T, generator)} if stochastic else {}
+            out = fn(k_denoiser(score, sde), x_T / alpha_T, sigmas, disable=True, **extra)
+            return out, (n - 1) * per_step + 1
+
+        return run
+
+    out = [
+        Peer(f"k:{name}" + ("" if grid == "karras" else f"[{grid}]"), make(*spec, grid))
+        for grid in grids
+        for name, spec in methods.items()
+    ]
+
+    def adaptive(score, x_T, tol, generator):
+        lo, hi = k_sigma_range(sde)
+        x, info = k.sample_dpm_adaptive(
+            k_denoiser(score, sde),
+            x_T * math.sqrt(1 + hi**2),
+            lo,
+            hi,
+            rtol=tol,
+            atol=tol,
+            disable=True,
+            return_info=True,
+        )
+        # It stops at sigma_min with x~ = x / alpha there: back to x.
+        return x / math.sqrt(1 + lo**2), info["nfe"]
+
+    out.append(Peer("k:dpm_adaptive", adaptive, adaptive=True))
+    return out
+
+
+def diffusers_eps_model(score: Score, sde: VPSDE, alphas_cumprod: torch.Tensor) -> Callable:
+    """An exact :math:`\\varepsilon(x, \\tau)` for a diffusers scheduler (mapping: module doc)."""
+    ac = alphas_cumprod.to(torch.float64)
+    sigmas = torch.sqrt((1 - ac) / ac)
+    index = torch.arange(len(sigmas), dtype=torch.float64)
+
+    def model(x: torch.Tensor, timestep) -> torch.Tensor:
+        tau = torch.as_tensor(timestep, dtype=torch.float64).reshape(1)
+        i = tau.floor().clamp(0, len(sigmas) - 2).long()
+        w = tau - index[i]
+        sigma_tilde = (1 - w) * sigmas[i] + w * sigmas[i + 1]
+        t = _vp_time(sde, sigma_tilde).to(x.device, x.dtype).expand(x.shape[0])
+        sigma = sigma_tilde * torch.rsqrt(1 + sigma_tilde**2)
+        return -sigma.to(x.device, x.dtype) * score(x, t)
+
+    return model
+
+
+def diffusers_peers(
+    sde: VPSDE, spacings: tuple[str, ...] = ("linspace", "trailing"), train_steps: int = 1000
+) -> list[Peer]:
+    """diffusers' DDIM, DPM-Solver++(2M) (ODE and SDE), Euler, Heun and UniPC on the VP betas."""
+    try:
+        import diffusers
+    except ImportError:
+        print("diffusers is not installed: its schedulers are left out")
+        return []
+    diffusers.utils.logging.set_verbosity_error()
+    betas = sde.discrete_betas(train_steps).numpy()
+    common = {"num_train_timesteps": train_steps, "trained_betas": betas}
+    schedulers = {
+        "DDIM": (diffusers.DDIMScheduler, {"clip_sample": False}, 1),
+        "DPM++2M": (diffusers.DPMSolverMultistepScheduler, {}, 1),
+        "DPM++2M-SDE": (
+            diffusers.DPMSolverMultistepScheduler,
+            {"algorithm_type": "sde-dpmsolver++"},
+            1,
+        ),
+        "Euler": (diffusers.EulerDiscreteScheduler, {}, 1),
+        "Heun": (diffusers.HeunDiscreteScheduler, {}, 2),
+        "UniPC": (diffusers.UniPCMultistepScheduler, {}, 1),
+    }
+
+    def make(cls, options, per_step, spacing):
+        stochastic = options.get("algorithm_type", "").startswith("sde")
+
+        def run(score, x_T, nfe, generator):
+            scheduler = cls(**common, **options, timestep_spacing=spacing)
+            # Heun: n steps cost 2n - 1 evaluations (its last step, to sigma = 0, is Euler's).
+            n = (nfe + 1) // 2 if per_step == 2 else nfe
+            if n < 2:
+                return None
+            scheduler.set_timesteps(n)
+            model = diffusers_eps_model(score, sde, scheduler.alphas_cumprod)
+            # The same x_T for everyone: x_T ~ N(0, I) at t = T is x~ = x_T / alpha for the
+            # schedulers that work in x~ (init_noise_sigma = sqrt(sigma~^2 + 1) there).
+            x = x_T * scheduler.init_noise_sigma
+            noise = {"generator": generator} if stochastic else {}
+            calls = 0
+            for tau in scheduler.timesteps:
+                eps = model(scheduler.scale_model_input(x, tau), tau)
+                calls += 1
+                x = scheduler.step(eps, tau, x, **noise).prev_sample
+            return x, calls
+
+        return run
+
+    return [
+        Peer(f"d:{name}[{spacing}]", make(*spec, spacing))
+        for spacing in spacings
+        for name, spec in schedulers.items()
+    ]
+
+
+def peers(sde: VPSDE, *, k_grids=("karras",), spacings=("linspace", "trailing")) -> list[Peer]:
+    """All installed peers."""
+    return k_diffusion_peers(sde, k_grids) + diffusers_peers(sde, spacings)

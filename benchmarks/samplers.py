@@ -1,0 +1,253 @@
+r"""Sampler accuracy against peers: error vs NFE on narrow-mode Gaussian mixtures, exact score.
+
+Every sampler integrates the VP SDE (linear beta, T = 1, t_min = 1e-3) from the same :math:`x_T`
+with the exact float64 score of an analytic :class:`~sdekit.GaussianMixture`, so the error is the
+sampler's alone (no network). Error against the data law :math:`p_0`: in 1D the :math:`W_1` to the
+exact CDF; in 2D the sliced :math:`W_1` over fixed directions against exact projected CDFs. The
+Monte-Carlo floor is the same distance for exact samples of :math:`p_0` of the same size, averaged
+over seeds. NFE is the exact number of score calls (``info.nfe`` for sdekit); each sampler runs with
+the most steps whose NFE fits the budget.
+
+Peers (see ``peers.py``): diffusers' schedulers on the 1000-step DDPM betas of the same SDE and
+k-diffusion's samplers in the scaled sigma parameterization over the same sigma range.
+
+    python benchmarks/samplers.py            # quick: small N, a few NFEs
+    python benchmarks/samplers.py --full     # N = 50,000, NFE 5..1000 (long on CPU)
+    python benchmarks/samplers.py --full --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sdekit
+from sdekit.metrics import sliced_w1, w1_to_mixture
+from sdekit.sampling import SAMPLERS, sample
+
+sys.path.insert(0, str(Path(__file__).parent))
+import peers as peer_lib  # noqa: E402
+
+OUT = Path("outputs")
+
+
+def targets() -> dict[str, sdekit.GaussianMixture]:
+    """Hard targets: narrow, unequally weighted modes in 1D; a 5 x 5 grid of narrow modes in 2D."""
+    one_d = sdekit.GaussianMixture(
+        [0.4, 0.25, 0.15, 0.12, 0.08],
+        [-2.0, -0.8, 0.0, 0.9, 2.2],
+        [0.3, 0.02, 0.1, 0.05, 0.02],
+    )
+    axis = torch.arange(-2.0, 3.0, dtype=torch.float64)
+    means = torch.cartesian_prod(axis, axis)
+    weights = torch.linspace(1.0, 3.0, 25, dtype=torch.float64)
+    grid = sdekit.GaussianMixture(weights / weights.sum(), means, 0.05)
+    return {"1D, 5 narrow modes": one_d, "2D, 5x5 grid (std 0.05)": grid}
+
+
+def distance(samples: torch.Tensor, gm: sdekit.GaussianMixture, directions: int) -> float:
+    """:math:`W_1` (1D) or sliced :math:`W_1` over fixed directions (2D) to the data law."""
+    samples = samples.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(samples).all()):
+        return math.nan
+    if gm.dim == 1:
+        return w1_to_mixture(samples, gm)
+    directions_gen = torch.Generator().manual_seed(1234)
+    return sliced_w1(samples, gm, directions, generator=directions_gen)
+
+
+def floor(gm: sdekit.GaussianMixture, n: int, directions: int, seeds: int) -> float:
+    """Mean distance of ``n`` exact samples of :math:`p_0` over ``seeds`` seeds."""
+    draws = [
+        distance(gm.sample(n, generator=torch.Generator().manual_seed(1000 + s)), gm, directions)
+        for s in range(seeds)
+    ]
+    return sum(draws) / seeds
+
+
+def sdekit_runners(sde) -> list[peer_lib.Peer]:
+    """Every registered sdekit method, at the most steps whose ``info.nfe`` fits the budget."""
+
+    def make(name, spec):
+        def nfe_of(x_T, steps):
+            # A two-sample probe with a zero model: a fixed-step method's NFE depends on steps only.
+            zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+            _, info = sample(zero, sde, x_T[:2], method=name, steps=steps)
+            return info.nfe
+
+        def run(score, x_T, nfe, generator):
+            steps = max(1, nfe // spec.evals_per_step)
+            while steps >= 1 and nfe_of(x_T, steps) > nfe:
+                steps -= 1
+            if steps < 1:
+                return None
+            x, info = sample(score, sde, x_T, method=name, steps=steps, generator=generator)
+            return x, info.nfe
+
+        def run_adaptive(score, x_T, tol, generator):
+            x, info = sample(score, sde, x_T, method=name, rtol=tol, atol=tol, generator=generator)
+            return x, info.nfe
+
+        if spec.evals_per_step is None:
+            return peer_lib.Peer(f"sdekit:{name}", run_adaptive, adaptive=True)
+        return peer_lib.Peer(f"sdekit:{name}", run)
+
+    return [make(name, spec) for name, spec in sorted(SAMPLERS.items())]
+
+
+class CountingScore:
+    """The exact score, counting calls (a check on every sampler's reported NFE)."""
+
+    def __init__(self, gm: sdekit.GaussianMixture, sde):
+        self.gm, self.sde, self.calls = gm, sde, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.gm.score(x, t, self.sde)
+
+
+def run_target(gm, sde, runners, args, device) -> dict[str, dict[int, tuple[float, int]]]:
+    """``{runner name: {nfe budget: (error, nfe used)}}`` for one target."""
+    gen = torch.Generator().manual_seed(0)
+    x_T = torch.randn(args.n, gm.dim, generator=gen, dtype=torch.float64).to(device)
+    results: dict[str, dict[int, tuple[float, int]]] = {}
+    for runner in runners:
+        start = time.perf_counter()
+        row: dict[int, tuple[float, int]] = {}
+        if runner.adaptive:
+            # Run a tolerance sweep once; each budget takes the best run that fits it.
+            points = []
+            for tol in args.tolerances:
+                score = CountingScore(gm, sde)
+                x, used = runner.run(score, x_T, tol, torch.Generator(device).manual_seed(1))
+                points.append((used, distance(x, gm, args.directions)))
+            for budget in args.nfe:
+                fits = [(err, used) for used, err in points if used <= budget]
+                if fits:
+                    row[budget] = min(fits)
+        else:
+            for budget in args.nfe:
+                score = CountingScore(gm, sde)
+                out = runner.run(score, x_T, budget, torch.Generator(device).manual_seed(1))
+                if out is None:
+                    continue
+                x, used = out
+                if used != score.calls or used > budget:
+                    raise RuntimeError(
+                        f"{runner.name}: reported {used} NFE, made {score.calls}, budget {budget}"
+                    )
+                row[budget] = (distance(x, gm, args.directions), used)
+        results[runner.name] = row
+        print(f"  {runner.name:32s} {time.perf_counter() - start:6.1f} s", file=sys.stderr)
+    return results
+
+
+def best(results, budget: int, sdekit_side: bool) -> tuple[float, str]:
+    """The smallest error at ``budget`` among sdekit's methods or among the peers."""
+    candidates = [
+        (row[budget][0], name)
+        for name, row in results.items()
+        if name.startswith("sdekit:") == sdekit_side and budget in row
+        if not math.isnan(row[budget][0])
+    ]
+    return min(candidates) if candidates else (math.nan, "-")
+
+
+def markdown(title: str, results, floor_value: float, nfes, every: bool) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| NFE | MC floor | best sdekit | best peer | sdekit / peer | sdekit / floor |",
+        "|---:|---:|---|---|---:|---:|",
+    ]
+    for budget in nfes:
+        s_err, s_name = best(results, budget, True)
+        p_err, p_name = best(results, budget, False)
+        lines.append(
+            f"| {budget} | {floor_value:.4f} | {s_err:.4f} ({s_name.removeprefix('sdekit:')}) "
+            f"| {p_err:.4f} ({p_name}) | {s_err / p_err:.2f} | {s_err / floor_value:.2f} |"
+        )
+    if every:
+        names = list(results)
+        lines += ["", "| method | " + " | ".join(str(b) for b in nfes) + " |"]
+        lines.append("|---|" + "---:|" * len(nfes))
+        for name in names:
+            cells = [f"{results[name][b][0]:.4f}" if b in results[name] else "" for b in nfes]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(all_results, floors, nfes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4.2))
+    for ax, (title, results) in zip(axes, all_results.items(), strict=True):
+        for row in results.values():
+            xs = sorted(row)
+            ax.plot(xs, [row[b][0] for b in xs], color="0.8", lw=0.8, zorder=1)
+        for side, color, label in ((True, "C0", "best sdekit"), (False, "C3", "best peer")):
+            errs = [best(results, b, side)[0] for b in nfes]
+            ax.plot(nfes, errs, "o-", color=color, label=label, zorder=3)
+        ax.axhline(floors[title], color="k", ls="--", lw=1, label="Monte-Carlo floor")
+        ax.set(xscale="log", yscale="log", xlabel="NFE (score evaluations)", title=title)
+        ax.set_ylabel("W1 to the data" if "1D" in title else "sliced W1 to the data")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="N = 50,000, NFE 5..1000, all grids")
+    parser.add_argument("--n", type=int, help="samples per run (quick 2,000; full 50,000)")
+    parser.add_argument("--nfe", type=int, nargs="+", help="NFE budgets")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--methods", nargs="+", help="only runners whose name has one")
+    parser.add_argument("--every", action="store_true", help="also print every method's errors")
+    args = parser.parse_args()
+    args.n = args.n or (50_000 if args.full else 2_000)
+    args.nfe = args.nfe or ([5, 10, 20, 50, 100, 250, 1000] if args.full else [10, 20, 50])
+    args.directions = 128 if args.full else 32
+    args.tolerances = [0.2, 0.1, 0.05, 0.02, 0.01, 3e-3, 1e-3, 1e-4] if args.full else [0.1, 0.02]
+    seeds = 5 if args.full else 3
+    device = torch.device(args.device)
+
+    sde = sdekit.VPSDE(beta_min=0.1, beta_max=20.0, T=1.0, t_min=1e-3)
+    runners = sdekit_runners(sde) + peer_lib.peers(
+        sde,
+        k_grids=("karras", "vp") if args.full else ("karras",),
+        spacings=("linspace", "leading", "trailing") if args.full else ("trailing",),
+    )
+    if args.methods:
+        runners = [r for r in runners if any(m in r.name for m in args.methods)]
+
+    start = time.perf_counter()
+    OUT.mkdir(exist_ok=True)
+    all_results, floors, text = {}, {}, []
+    for title, gm in targets().items():
+        print(f"{title}: {len(runners)} samplers, N = {args.n}", file=sys.stderr)
+        floors[title] = floor(gm, args.n, args.directions, seeds)
+        all_results[title] = run_target(gm, sde, runners, args, device)
+        text.append(markdown(title, all_results[title], floors[title], args.nfe, args.every))
+    header = (
+        f"VP SDE (linear beta 0.1..20, T = 1, t_min = 1e-3), exact float64 score, N = {args.n}, "
+        f"MC floor = mean over {seeds} seeds; "
+        f"{time.perf_counter() - start:.0f} s on {args.device}.\n"
+    )
+    report = header + "\n" + "\n".join(text)
+    print(report)
+    (OUT / "samplers_benchmark.md").write_text(report)
+    plot(all_results, floors, args.nfe, OUT / "samplers_benchmark.png")
+    print(f"wrote {OUT / 'samplers_benchmark.md'} and {OUT / 'samplers_benchmark.png'}")
+
+
+if __name__ == "__main__":
+    main()
