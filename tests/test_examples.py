@@ -1,0 +1,106 @@
+"""The example scripts run, save their figure, and print numbers that agree with the exact answers.
+
+Each script runs as README and the docs build run it: a fresh interpreter with no arguments (the
+quick default), headless matplotlib, in a temporary working directory whose ``outputs/`` receives
+the figure. The printed numbers are checked against closed forms, so a script whose maths broke
+fails here even if it still draws a picture.
+"""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str, tmp_path: Path, *args: str) -> str:
+    """Run ``examples/<name>.py`` in ``tmp_path``; return its stdout after checking its figure."""
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figure = tmp_path / "outputs" / f"{name}.png"
+    assert figure.is_file(), f"{name} did not write {figure}"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return result.stdout
+
+
+def numbers(pattern: str, text: str) -> list[float]:
+    found = [float(m) for m in re.findall(pattern, text)]
+    assert found, f"{pattern!r} not in the output:\n{text}"
+    return found
+
+
+def test_demo_2d_reaches_the_monte_carlo_floor(tmp_path):
+    out = run_example("demo_2d", tmp_path)
+    (error,) = numbers(r"reverse SDE ([\d.]+)", out)
+    (floor,) = numbers(r"Monte-Carlo floor ([\d.]+)", out)
+    # 4000 samples in 2D: the floor is a few hundredths; a wrong score or drift is tenths or more
+    assert 0.005 < floor < 0.06
+    assert error < 2 * floor
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_demo_2d_on_gpu(tmp_path):
+    out = run_example("demo_2d", tmp_path, "--device", "cuda")
+    (error,) = numbers(r"reverse SDE ([\d.]+)", out)
+    (floor,) = numbers(r"Monte-Carlo floor ([\d.]+)", out)
+    assert error < 2 * floor
+
+
+def test_1d_mixture_fokker_planck_matches_closed_form(tmp_path):
+    out = run_example("plot_1d_mixture_fp", tmp_path)
+    (gap,) = numbers(r"max \|p - p_exact\| = ([\d.e+-]+)", out)
+    assert gap < 5e-3  # grid solution vs closed-form p_t, densities of order 1
+    w1 = numbers(r"(?:forward|reverse) ([\d.]+)", out)
+    assert len(w1) == 8
+    assert max(w1) < 0.03  # 20,000 samples against the exact p_t
+
+
+def test_double_well_euler_maruyama_matches_fokker_planck(tmp_path):
+    out = run_example("plot_double_well", tmp_path)
+    w1 = numbers(r"W1 ([\d.]+)", out)
+    assert len(w1) == 6 and max(w1) < 0.03
+    masses = re.findall(r"EM ([\d.]+), FP ([\d.]+)", out)
+    for em, fp in masses:
+        assert abs(float(em) - float(fp)) < 0.02
+    # constant noise keeps the wells balanced; noise in the right well empties it
+    assert abs(float(masses[2][1]) - 0.5) < 0.01
+    assert float(masses[5][1]) > 0.65
+
+
+def test_ddpm_update_equals_ancestral_step(tmp_path):
+    out = run_example("plot_ddpm_equivalence", tmp_path)
+    (gap,) = numbers(r"max \|x_a - x_b\| = ([\d.e+-]+)", out)
+    assert gap < 1e-10  # the same update, float64 rounding only
+    cosine = numbers(r"cosine N=\s*\d+: max \|alpha_bar_i - alpha_bar\(t_i\)\| = ([\d.e+-]+)", out)
+    assert max(cosine) < 1e-12  # improved DDPM's betas are defined from alpha_bar
+    linear = numbers(r"linear N=\s*\d+: max \|alpha_bar_i - alpha_bar\(t_i\)\| = ([\d.e+-]+)", out)
+    assert linear[0] < 5e-3 and linear[1] > 10 * linear[0]  # O(1/N): N = 1000, then N = 20
+    (w1,) = numbers(r"DDPM samples to the data: ([\d.]+)", out)
+    (floor,) = numbers(r"floor ([\d.]+)", out)
+    assert w1 < 3 * floor
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
+def test_every_example_has_a_gallery_title(script):
+    """sphinx-gallery needs a module docstring that opens with a title underlined by ``=``."""
+    docstring = ast.get_docstring(ast.parse(script.read_text()), clean=False)
+    assert docstring is not None, f"{script.name} has no module docstring"
+    lines = docstring.strip("\n").splitlines()
+    assert len(lines) >= 2 and lines[1] == "=" * len(lines[0]) and lines[0].strip(), (
+        f"{script.name}: the docstring must start with 'Title' and a line of '=' as long"
+    )
