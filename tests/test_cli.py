@@ -56,11 +56,11 @@ def test_sample_through_python_m(toy_run, tmp_path):
 def test_digits_image_run(tmp_path):
     out = tmp_path / "digits"
     unet = ["--channels", "8", "--channel-mults", "1", "2", "--num-res-blocks", "1"]
-    argv = ["train", "--data", "digits", "--steps", "2", "--out", str(out), *TINY, *unet]
-    assert main(argv) == 0
+    argv = ["train", "--data", "digits", "--steps", "2", "--out", str(out), "--class-conditional"]
+    assert main([*argv, *TINY, *unet]) == 0
     grid = tmp_path / "grid.png"
     argv = ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--steps", "2", "--n", "4"]
-    assert main([*argv, "--out", str(grid), "--device", "cpu"]) == 0
+    assert main([*argv, "--out", str(grid), "--device", "cpu", "--label", "7"]) == 0
     assert grid.read_bytes()[:4] == b"\x89PNG"
 
 

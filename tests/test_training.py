@@ -225,6 +225,26 @@ def test_autocast_keeps_fp32_weights(tmp_path, precision):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
+@pytest.mark.parametrize(
+    "sde, prediction", [("ve", "score"), ("edm", "edm"), ("vp_cosine", "v"), ("subvp", "x0")]
+)
+def test_every_sde_and_prediction_trains_and_samples(tmp_path, sde, prediction):
+    trainer = Trainer(tiny(tmp_path, sde=sde, prediction=prediction, steps=2))
+    assert all(math.isfinite(v) for v in trainer.train())
+    x = load_model(tmp_path / "checkpoint.pt").sample(16, method="euler", steps=3)
+    assert x.shape == (16, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_run_loads_on_cpu(tmp_path):
+    trainer = Trainer(tiny(tmp_path, steps=4, device="cuda", precision="bf16", log_every=2))
+    assert all(math.isfinite(v) for v in trainer.train())
+    assert trainer.ema.module.inp.weight.device.type == "cuda"
+    x = load_model(tmp_path / "checkpoint.pt", device="cpu").sample(8, steps=3)
+    assert torch.isfinite(x).all()
+
+
 def test_trainer_checks(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(tiny(tmp_path, grad_accum=3))
