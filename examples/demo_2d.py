@@ -36,7 +36,6 @@ args = parser.parse_args()
 
 n, steps = (50_000, 2000) if args.full else (4000, 400)
 device = torch.device(args.device)
-torch.manual_seed(args.seed)
 
 angles = torch.arange(8) * (2 * math.pi / 8)
 ring = 2.0 * torch.stack([angles.cos(), angles.sin()], 1)
@@ -47,7 +46,6 @@ sde = sdekit.VPSDE(beta_min=0.1, beta_max=20.0)
 # comes from a generator on the device
 cpu_gen = torch.Generator().manual_seed(args.seed)
 dev_gen = torch.Generator(device).manual_seed(args.seed)
-start = time.perf_counter()
 
 
 def snapshots(sde, x, ts, times, generator):
@@ -64,6 +62,7 @@ def snapshots(sde, x, ts, times, generator):
 
 
 snapshot_times = [0.0, 0.1, 0.2, 0.35, 1.0]
+start = time.perf_counter()
 x0 = target.sample(n, generator=cpu_gen, dtype=torch.float32).to(device)
 forward = snapshots(sde, x0, torch.linspace(0.0, sde.T, steps + 1), snapshot_times, dev_gen)
 
