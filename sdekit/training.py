@@ -184,7 +184,10 @@ class TrainConfig:
         if path.suffix == ".json":
             values = json.loads(path.read_text())
         elif path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError as e:  # Python 3.10
+                raise ImportError("TOML configs need Python >= 3.11; use JSON") from e
 
             values = tomllib.loads(path.read_text())
         else:

@@ -56,7 +56,10 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
     Pixels are integers 0–16, so the model range uses :math:`m = 16`.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as e:
+        raise ImportError("the digits ship with scikit-learn: pip install scikit-learn") from e
 
     bunch = sk_load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32))[:, None]
@@ -169,7 +172,10 @@ def load_image_folder(
     lies in a subdirectory of ``root``, the subdirectory names (sorted) are the classes, as in
     torchvision's ``ImageFolder``; otherwise ``labels`` is ``None``.
     """
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("reading a folder of images needs Pillow: pip install pillow") from e
 
     root = Path(root)
     if not root.is_dir():
