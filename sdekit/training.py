@@ -653,7 +653,9 @@ def save_samples(
         img = grid.permute(1, 2, 0).numpy()
         fig = Figure(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.4))
         ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(
+            img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+        )
         ax.axis("off")
     elif x.ndim == 2 and x.shape[1] in (1, 2):
         fig = Figure(figsize=(5, 5))
