@@ -202,6 +202,15 @@ def test_trajectory_denoising_and_dtype_device():
     assert info_y.nfe == info.nfe + 1
 
 
+def test_explicit_t_min_and_compile_off_cuda():
+    sde = VPSDE()
+    with pytest.warns(UserWarning, match="compile=True is ignored off CUDA"):
+        x, info = sample(
+            MIX_1D.score_fn(sde), sde, (8, 1), method="ddim", steps=3, t_min=0.05, compile=True
+        )
+    assert float(info.ts[-1]) == 0.05 and float(info.ts[0]) == sde.T and info.ts.shape == (4,)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_samples_stay_on_cuda():
     sde = VPSDE()
