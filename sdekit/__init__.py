@@ -1,9 +1,12 @@
 """sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
 
+from . import sampling
 from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
 from .fokker_planck import fokker_planck_residual, solve_fokker_planck
-from .linear import EDMSDE, OUSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from .likelihood import bits_per_dim, log_likelihood
+from .linear import EDMSDE, OUSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
 from .mixture import GaussianMixture
+from .sampling import sample
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
 from .sde import SDE, ProbabilityFlowODE, ReverseSDE, broadcast_to_data
 from .simulate import simulate
@@ -32,4 +35,8 @@ __all__ = [
     "solve_fokker_planck",
     "fokker_planck_residual",
     "broadcast_to_data",
+    "sampling",
+    "sample",
+    "log_likelihood",
+    "bits_per_dim",
 ]
