@@ -1,0 +1,76 @@
+"""Argument checks: each raises ValueError naming the argument and the allowed range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdekit.checks import (
+    check_batch_time,
+    check_finite,
+    check_less,
+    check_positive,
+    check_probability,
+    check_time,
+)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_check_positive(bad):
+    with pytest.raises(ValueError, match=r"beta_min must be a finite number > 0"):
+        check_positive("beta_min", bad)
+
+
+def test_check_positive_returns_float():
+    value = check_positive("x", 2)
+    assert value == 2.0 and isinstance(value, float)
+
+
+def test_check_probability():
+    assert check_probability("p", 0.0) == 0.0 and check_probability("p", 1.0) == 1.0
+    for bad in (-1e-9, 1.0 + 1e-9, math.nan):
+        with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+            check_probability("p", bad)
+    with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\)"):
+        check_probability("eta", 1.0, open_right=True)
+
+
+def test_check_less():
+    check_less("sigma_min", 0.1, "sigma_max", 1.0)
+    for low, high in ((1.0, 1.0), (2.0, 1.0)):
+        with pytest.raises(ValueError, match="sigma_min must be < sigma_max"):
+            check_less("sigma_min", low, "sigma_max", high)
+
+
+def test_check_time_reports_offending_values():
+    check_time(torch.tensor([0.0, 0.5, 1.0]), 1.0)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\] = \[0, 1.0\], got \[-0.5, 2.0\]"):
+        check_time(torch.tensor([-0.5, 0.5, 2.0]), 1.0)
+    with pytest.raises(ValueError, match=r"s must lie in \[0, T\]"):
+        check_time(torch.tensor([math.nan]), 1.0, "s")
+
+
+def test_check_batch_time():
+    x = torch.zeros(4, 3)
+    check_batch_time(torch.zeros(4), x)
+    for bad in (torch.zeros(3), torch.zeros(4, 1), torch.zeros(())):
+        with pytest.raises(ValueError, match=r"t must have shape \(batch,\) = \(4,\)"):
+            check_batch_time(bad, x)
+
+
+def test_check_finite():
+    check_finite("x", torch.ones(3))
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="score contains NaN or inf"):
+            check_finite("score", torch.tensor([1.0, bad]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_checks_on_gpu_do_not_sync_but_still_fail():
+    t = torch.tensor([0.5, 2.0], device="cuda")
+    with pytest.raises(RuntimeError):
+        check_time(t, 1.0)
+        torch.cuda.synchronize()
