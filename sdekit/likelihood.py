@@ -248,40 +248,44 @@ def bits_per_dim(
     pixels: torch.Tensor,
     *,
     dequantize: str | None = "uniform",
+    levels: int = 256,
     generator: torch.Generator | None = None,
     **likelihood_kwargs,
 ) -> tuple[torch.Tensor, LikelihoodInfo]:
-    r"""Bits per dimension of 8-bit images under a model trained on data scaled to :math:`[-1, 1]`.
+    r"""Bits per dimension of quantized images under a model of data scaled to :math:`[-1, 1]`.
 
-    The pixels :math:`v \in \{0, \dots, 255\}^D` are dequantized to :math:`y = v + u`,
-    :math:`u \sim \mathcal U[0, 1)^D` (``dequantize="uniform"``; Theis et al. 2016), and mapped to
-    the model's space by :math:`x = 2y/256 - 1`, whose Jacobian is :math:`(2/256)^D`. The density of
-    :math:`y` in pixel units is then
+    For 8-bit images (``levels`` :math:`L = 256`) the pixels :math:`v \in \{0, \dots, 255\}^D` are
+    dequantized to :math:`y = v + u`, :math:`u \sim \mathcal U[0, 1)^D` (``dequantize="uniform"``;
+    Theis et al. 2016), and mapped to the model's space by :math:`x = 2y/L - 1`, whose Jacobian is
+    :math:`(2/L)^D`. The density of :math:`y` in pixel units is then
 
-    .. math:: \log p_y(y) = \log p_x(x) + D\log\tfrac{2}{256},
+    .. math:: \log p_y(y) = \log p_x(x) + D\log\tfrac{2}{L},
 
     and since :math:`P(v) = \int_{[0,1)^D} p_y(v + u)\,\mathrm{d}u \ge
     \exp\mathbb E_u\log p_y(v + u)` (Jensen), the bits per dimension of one draw of :math:`u`,
     averaged over :math:`u`, are an upper bound of :math:`-\log_2 P(v)/D`:
 
     .. math:: \mathrm{bpd} = -\frac{\log p_y(y)}{D\ln 2}
-              = -\frac{\log p_x(x)}{D\ln 2} + \log_2 128
-              = -\frac{\log p_x(x)}{D\ln 2} + 7.
+              = -\frac{\log p_x(x)}{D\ln 2} + \log_2\frac{L}{2}
+              \overset{L = 256}{=} -\frac{\log p_x(x)}{D\ln 2} + 7.
 
     (The often-quoted offset 8 belongs to data scaled to :math:`[0, 1]`, log-det
     :math:`D\log\frac1{256}`.) With ``dequantize=None`` the pixels are taken as already continuous
-    values in :math:`[0, 256)` and the result is :math:`-\log_2 p_y(y)/D` at those points, without
-    the bound's meaning.
+    values in :math:`[0, L)` and the result is :math:`-\log_2 p_y(y)/D` at those points, without
+    the bound's meaning. The model should have been trained on data mapped the same way, e.g.
+    dequantized :math:`2(v + u)/L - 1`.
 
     Args:
         model, sde: as in :func:`log_likelihood`.
-        pixels: ``(batch, *data_shape)``; ``uint8`` (or integer values 0..255 in a float tensor)
-            with ``dequantize="uniform"``; floats in :math:`[0, 256)` with ``dequantize=None``.
+        pixels: ``(batch, *data_shape)``; integer values in :math:`[0, L - 1]` (``uint8`` or any
+            dtype) with ``dequantize="uniform"``; values in :math:`[0, L)` with ``dequantize=None``.
         dequantize: ``"uniform"`` or ``None``.
+        levels: the number :math:`L \ge 2` of pixel values: 256 for 8 bits, 17 for scikit-learn's
+            digits (0..16).
         generator: draws the dequantization noise and then the Hutchinson probes, on the pixels'
             device.
-        **likelihood_kwargs: passed to :func:`log_likelihood` (``dtype`` of the model space is
-            float32 unless ``pixels`` is already a float64 tensor).
+        **likelihood_kwargs: passed to :func:`log_likelihood`. The model space is float64 if
+            ``pixels`` is, else float32.
 
     Returns:
         ``(bpd, info)``: ``bpd`` of shape ``(batch,)`` and :func:`log_likelihood`'s info (in
@@ -289,16 +293,20 @@ def bits_per_dim(
     """
     if dequantize not in ("uniform", None):
         raise ValueError(f"dequantize must be 'uniform' or None, got {dequantize!r}")
+    if not (isinstance(levels, int) and levels >= 2):
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
     dtype = pixels.dtype if pixels.dtype == torch.float64 else torch.float32
     y = pixels.to(dtype)
     if dequantize == "uniform":
-        if not bool(((y >= 0) & (y <= 255) & (y == y.round())).all()):
-            raise ValueError("pixels must be integers in [0, 255] for dequantize='uniform'")
+        if not bool(((y >= 0) & (y <= levels - 1) & (y == y.round())).all()):
+            raise ValueError(
+                f"pixels must be integers in [0, {levels - 1}] for dequantize='uniform'"
+            )
         y = y + torch.rand(y.shape, generator=generator, device=y.device, dtype=dtype)
-    elif not bool(((y >= 0) & (y < 256)).all()):
-        raise ValueError("pixels must lie in [0, 256) for dequantize=None")
+    elif not bool(((y >= 0) & (y < levels)).all()):
+        raise ValueError(f"pixels must lie in [0, {levels}) for dequantize=None")
     D = y[0].numel()
-    x = 2 * y / 256 - 1
+    x = 2 * y / levels - 1
     log_p, info = log_likelihood(model, sde, x, generator=generator, **likelihood_kwargs)
-    log_p_pixels = log_p + D * math.log(2 / 256)
+    log_p_pixels = log_p + D * math.log(2 / levels)
     return -log_p_pixels / (D * math.log(2)), info

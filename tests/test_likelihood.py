@@ -206,29 +206,31 @@ def test_bits_per_dim_of_continuous_pixels_is_the_change_of_variables():
     torch.testing.assert_close(expected, -gm.log_prob(x) / (4 * math.log(2)) + 7)
 
 
-def test_dequantized_bits_per_dim_bound_the_discrete_probability():
+@pytest.mark.parametrize("levels,gap", [(256, 0.01), (17, 0.1)])
+def test_dequantized_bits_per_dim_bound_the_discrete_probability(levels, gap):
     # P(v) of the 8-bit pixels is a product of normal-CDF differences over the pixel bins; the mean
     # of the dequantized bpd is an upper bound on -log2 P(v) / D and, with a density nearly flat on
     # a bin, a tight one. An offset off by one bit per dimension fails this.
     gm, sde, kwargs = gaussian_bpd_setup()
     pixels = gm.sample(4, generator=torch.Generator().manual_seed(10))
-    pixels = ((pixels + 1) * 128).floor().clamp(0, 255).to(torch.uint8)
+    pixels = ((pixels + 1) * levels / 2).floor().clamp(0, levels - 1)
     repeats = 64
     bpd, _ = bits_per_dim(
         gm.score_fn(sde),
         sde,
         pixels.repeat(repeats, 1).double(),
+        levels=levels,
         generator=torch.Generator().manual_seed(11),
         **kwargs,
     )
     mean_bpd = bpd.reshape(repeats, 4).mean(0)
-    lo = 2 * pixels.double() / 256 - 1
-    hi = 2 * (pixels.double() + 1) / 256 - 1
+    lo = 2 * pixels.double() / levels - 1
+    hi = 2 * (pixels.double() + 1) / levels - 1
     normal = torch.distributions.Normal(0.1, 0.3)
     log_P = torch.log(normal.cdf(hi) - normal.cdf(lo)).sum(1)
     discrete_bpd = -log_P / (4 * math.log(2))
     assert (mean_bpd - discrete_bpd).min() > -1e-3
-    assert (mean_bpd - discrete_bpd).max() < 0.01
+    assert (mean_bpd - discrete_bpd).max() < gap
 
 
 def test_bits_per_dim_uint8_defaults_to_float32():
@@ -265,6 +267,8 @@ def test_bad_pixels_raise():
         bits_per_dim(gm.score_fn(sde), sde, torch.full((2, 4), 0.5))
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         bits_per_dim(gm.score_fn(sde), sde, torch.full((2, 4), 256.0), dequantize=None)
+    with pytest.raises(ValueError, match="levels"):
+        bits_per_dim(gm.score_fn(sde), sde, torch.zeros(2, 4), levels=1)
     with pytest.raises(ValueError, match="dequantize"):
         bits_per_dim(gm.score_fn(sde), sde, torch.zeros(2, 4), dequantize="gaussian")
     with pytest.raises(ValueError, match="x must be"):
