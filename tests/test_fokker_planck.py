@@ -53,7 +53,7 @@ def _relative_residual(sde, gm, t: float, density_sde=None) -> float:
 @SETTINGS
 @given(gm=mixtures_1d(), u=st.floats(0.0, 1.0))
 def test_closed_form_marginals_solve_fokker_planck(name, gm, u):
-    """(a) Every derivative by autograd: the residual is rounding only (measured <= 4e-15)."""
+    """(a) Every derivative by autograd: the residual is rounding only (measured <= 3.1e-16)."""
     sde = SDES[name]
     t = sde.t_min + u * (sde.T - sde.t_min)
     assert _relative_residual(sde, gm, t) < 1e-8
@@ -103,11 +103,12 @@ def _time_error_bound(sde, x: np.ndarray, t0: float, t1: float, dt: float) -> fl
 def test_solver_matches_closed_form(sde, lo, hi, n, times):
     """(b) L1 error at dt = 2e-3 and 1e-3 (h fixed at 0.05):
 
-    - bound: 1.25 x the implicit-Euler time bound above (the 25 % covers the O(h^2) space error:
-      Chang–Cooper is second order; measured <= 2e-4 at h = 0.05 for these laws);
-    - measured vs bound at dt = 2e-3: vp 2.2e-3 / 3.6e-3 (t=0.1), 1.0e-4 / 9.2e-3 (t=1);
-      ve ~1e-3 / 7e-3; ou 1.1e-3 / 6.1e-3, 2.4e-4 / 6.7e-3;
-    - first-order convergence: halving dt at least scales the error by 0.65 (measured ~0.5).
+    - bound: 1.25 x the implicit-Euler time bound above (the 25 % covers the O(h^2) space error of
+      Chang–Cooper, measured <= 7e-5 at h = 0.05 for these laws);
+    - measured (bound) at dt = 2e-3: vp 2.2e-3 (4.5e-3) at t = 0.1, 1.0e-4 (1.2e-2) at t = 1;
+      ve 5.8e-4 (1.0e-3) at t = 0.3, 1.9e-3 (9.2e-3) at t = 1; ou 1.1e-3 (7.8e-3), 2.4e-4 (8.4e-3);
+    - first order: halving dt scales the error by 0.47-0.64 (the space error is the rest); a
+      scheme that did not converge to the closed form would stay near 1. Allowed: 0.75.
     """
     x = np.linspace(lo, hi, n)
     t0 = 1e-3 if isinstance(sde, VPSDE) else 0.0  # VP p_0 is the data itself: start just after
@@ -120,7 +121,7 @@ def test_solver_matches_closed_form(sde, lo, hi, n, times):
     for k, t in enumerate(times):
         bound = 1.25 * _time_error_bound(sde, x, t0, t, 2e-3)
         assert errors[2e-3][k] < bound, (t, errors[2e-3][k], bound)
-        assert errors[1e-3][k] < 0.65 * errors[2e-3][k], (t, errors)
+        assert errors[1e-3][k] < 0.75 * errors[2e-3][k], (t, errors)
 
 
 # ------------------------------------------------------- (e) mass and positivity, any SDE
