@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
 from sdekit.linear import EDMSDE, OUSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
@@ -44,11 +43,6 @@ def linear_sdes() -> dict[str, LinearSDE]:
         "ou": OUSDE(theta=0.7, g=1.3, T=3.0),
         "plain": PlainLinearSDE(),
     }
-
-
-@pytest.fixture(params=list(linear_sdes()))
-def linear_sde(request) -> LinearSDE:
-    return linear_sdes()[request.param]
 
 
 def time_grid(sde: LinearSDE, n: int = 33, margin: float = 0.0) -> torch.Tensor:
