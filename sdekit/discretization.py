@@ -33,7 +33,10 @@ from .sde import broadcast_to_data
 
 @dataclass(frozen=True)
 class DDPMSchedule:
-    """DDPM's discrete schedule: ``betas``, ``alphas = 1 - betas``, ``alpha_bars = cumprod(alphas)`` (float64)."""
+    """DDPM's discrete schedule (float64).
+
+    ``betas``, ``alphas = 1 - betas`` and ``alpha_bars = cumprod(alphas)``.
+    """
 
     betas: torch.Tensor
 

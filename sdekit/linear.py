@@ -63,7 +63,7 @@ class LinearSDE(SDE):
         return torch.log(self.sigma(t))
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        r"""Log signal-to-noise ratio :math:`\lambda(t) = 2(\log\alpha(t) - \log\sigma(t))`, decreasing in t."""
+        r"""Log-SNR :math:`\lambda(t) = 2(\log\alpha(t) - \log\sigma(t))`, decreasing in t."""
         return 2 * (self.log_alpha(t) - self.log_sigma(t))
 
     def log_snr_inverse(self, lam: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,7 @@ class _BetaScheduledSDE(LinearSDE):
 
 
 class VPSDE(_BetaScheduledSDE):
-    r"""Variance-preserving SDE :math:`\mathrm{d}x = -\tfrac12\beta(t)x\,\mathrm{d}t + \sqrt{\beta(t)}\,\mathrm{d}w`.
+    r"""Variance-preserving SDE :math:`\mathrm{d}x = -\tfrac12\beta x\,\mathrm{d}t + \sqrt\beta\,\mathrm{d}w`.
 
     Song et al. 2021, eq. 11; the continuous limit of DDPM (Ho et al. 2020). With
     :math:`B(t) = \int_0^t\beta`: :math:`\alpha = e^{-B/2}`, :math:`\sigma^2 = 1 - e^{-B}`,
@@ -222,7 +222,7 @@ class VPSDE(_BetaScheduledSDE):
 
 
 class SubVPSDE(_BetaScheduledSDE):
-    r"""Sub-VP SDE :math:`\mathrm{d}x = -\tfrac12\beta x\,\mathrm{d}t + \sqrt{\beta(1 - e^{-2B(t)})}\,\mathrm{d}w`.
+    r"""Sub-VP SDE :math:`\mathrm{d}x = -\tfrac12\beta x\,\mathrm{d}t + \sqrt{\beta(1-e^{-2B})}\mathrm{d}w`.
 
     Song et al. 2021, eq. 12: :math:`\alpha = e^{-B/2}`, :math:`\sigma = 1 - e^{-B}` (its variance stays
     below the VP one), :math:`\lambda = -B - 2\log(1 - e^{-B})`, inverted by
@@ -254,7 +254,8 @@ class VESDE(LinearSDE):
     :math:`\sigma(t) = \sigma_{\min}(\sigma_{\max}/\sigma_{\min})^{t/T}`, :math:`\alpha = 1`,
     :math:`g^2 = 2\sigma^2\log(\sigma_{\max}/\sigma_{\min})/T`. As in score_sde, :math:`x_0` here is the clean
     data, so the SDE's own marginal at :math:`t = 0` is the data smoothed by :math:`\sigma_{\min}`; every
-    formula (marginal, kernel, Fokker–Planck) is consistent with that. Prior :math:`\mathcal N(0, \sigma_{\max}^2 I)`.
+    formula (marginal, kernel, Fokker–Planck) is consistent with that.
+    Prior :math:`\mathcal N(0, \sigma_{\max}^2 I)`.
     """
 
     def __init__(
@@ -339,7 +340,7 @@ class EDMSDE(LinearSDE):
 
 
 class OUSDE(LinearSDE):
-    r"""Ornstein–Uhlenbeck process with constant rate, :math:`\mathrm{d}x = -\theta x\,\mathrm{d}t + g\,\mathrm{d}w`.
+    r"""Ornstein–Uhlenbeck SDE, constant rate: :math:`\mathrm{d}x = -\theta x\,\mathrm{d}t + g\,\mathrm{d}w`.
 
     :math:`\alpha = e^{-\theta t}`, :math:`\sigma^2 = \frac{g^2}{2\theta}(1 - e^{-2\theta t})`; the prior is
     the stationary law :math:`\mathcal N(0, \frac{g^2}{2\theta} I)`. With :math:`g^2 = 2\theta` it is the VP

@@ -3,7 +3,7 @@ r"""An analytic Gaussian-mixture data distribution: exact :math:`p_t`, score and
 If :math:`p_0 = \sum_k w_k\,\mathcal N(\mu_k, \operatorname{diag} s_k^2)` and the SDE has the marginal
 :math:`x_t = \alpha(t)x_0 + \sigma(t)\varepsilon`, then
 
-.. math:: p_t = \sum_k w_k\,\mathcal N\bigl(\alpha\mu_k,\ \operatorname{diag}(\alpha^2 s_k^2 + \sigma^2)\bigr),
+.. math:: p_t = \sum_k w_k\,\mathcal N\bigl(\alpha\mu_k, \operatorname{diag}(\alpha^2 s_k^2 + \sigma^2)\bigr),
           \qquad \nabla\log p_t(x) = \sum_k r_k(x)\,\frac{\alpha\mu_k - x}{\alpha^2 s_k^2 + \sigma^2},
 
 with responsibilities :math:`r_k \propto w_k\,\mathcal N_k(x)` computed by log-sum-exp, so narrow modes

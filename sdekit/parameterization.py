@@ -64,7 +64,10 @@ def to_score(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
 
 
 def target(prediction: str, x0, eps, alpha, sigma) -> torch.Tensor:
-    """The regression target of a ``prediction`` network for :math:`x_t = \\alpha x_0 + \\sigma\\varepsilon`."""
+    """The regression target of a ``prediction`` network, for :math:`x_t = \\alpha x_0 + \\sigma\\varepsilon`.
+
+    (The noise ``eps`` and data ``x0`` that made :math:`x_t`.)
+    """
     check_prediction(prediction)
     if prediction == "eps":
         return eps
