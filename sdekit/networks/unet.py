@@ -54,16 +54,18 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = channels // 64 if channels % 64 == 0 else 1
         self.norm = _norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        # linear maps on (batch, pixels, channels) tokens: on CPU a matmul beats a 1x1 convolution
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (b, heads, pixels, head_dim)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(b, c, hgt, wid)
-        return (x + self.proj(h)) * _SQRT_HALF
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        qkv = self.qkv(tokens).reshape(b, hgt * wid, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, pixels, head_dim)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, hgt * wid, c)
+        h = self.proj(h).transpose(1, 2).reshape(b, c, hgt, wid)
+        return (x + h) * _SQRT_HALF
 
 
 class UNet(nn.Module):
