@@ -14,8 +14,8 @@ at which each reaches the target error. The two solvers measure their error diff
 sample, the worst sample deciding; scipy the RMS over the whole flattened batch), which is why the
 comparison is made at equal achieved error, not only at equal tolerance.
 
-    python benchmarks/likelihood.py            # quick: batch 1000, 4 tolerances
-    python benchmarks/likelihood.py --full     # batch 4000, 8 tolerances, 3 repeats
+    python benchmarks/likelihood.py            # quick: batch 1000, 4 tolerances, 3 repeats
+    python benchmarks/likelihood.py --full     # batch 4000, 8 tolerances, 5 repeats
     python benchmarks/likelihood.py --device cuda
 """
 
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     batch = args.batch or (4000 if args.full else 1000)
-    repeats = args.repeats or (3 if args.full else 1)
+    repeats = args.repeats or (5 if args.full else 3)
     if args.full:
         tols = [1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7]
     else:
