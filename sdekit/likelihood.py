@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from .checks import check_finite
+from .checks import check_finite, check_positive
 from .parameterization import check_prediction, score_fn
 from .sde import SDE
 
@@ -173,7 +173,7 @@ def log_likelihood(
         model: ``model(x, t)`` predicting ``prediction``; for ``"score"`` any score function, e.g.
             :meth:`sdekit.GaussianMixture.score_fn`.
         sde: the forward SDE (a :class:`~sdekit.LinearSDE` unless ``prediction="score"``).
-        x: data, ``(batch, *data_shape)``, floating point.
+        x: data, ``(batch, *data_shape)``, float32 or float64.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
         method: an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid
             one (``"euler"``, ``"midpoint"``, ``"heun3"``, ``"rk4"``).
@@ -203,11 +203,14 @@ def log_likelihood(
     t0 = sde.t_min if t_min is None else float(t_min)
     T = sde.T
     _check_options(method, steps, divergence, probes, probe, t0, T)
-    if x.ndim < 2 or not x.is_floating_point():
+    if x.ndim < 2 or x.dtype not in (torch.float32, torch.float64):
+        # the ODE state carries the schedule arithmetic and the log-density: never half precision
         raise ValueError(
-            f"x must be a floating-point tensor of shape (batch, *data_shape), got {x.dtype} "
+            f"x must be a float32 or float64 tensor of shape (batch, *data_shape), got {x.dtype} "
             f"of shape {tuple(x.shape)}"
         )
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
     ode = sde.probability_flow(score_fn(model, sde, prediction))
 

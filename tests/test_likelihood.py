@@ -253,6 +253,8 @@ def test_bits_per_dim_uint8_defaults_to_float32():
         (dict(t_min=1.0), "t_min"),
         (dict(t_min=-0.1), "t_min"),
         (dict(prediction="noise"), "prediction"),
+        (dict(rtol=0.0), "rtol"),
+        (dict(atol=-1.0), "atol"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -273,6 +275,8 @@ def test_bad_pixels_raise():
         bits_per_dim(gm.score_fn(sde), sde, torch.zeros(2, 4), dequantize="gaussian")
     with pytest.raises(ValueError, match="x must be"):
         log_likelihood(gm.score_fn(sde), sde, torch.zeros(4))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        log_likelihood(gm.score_fn(sde), sde, torch.zeros(2, 4, dtype=torch.float16))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
