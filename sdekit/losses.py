@@ -128,6 +128,18 @@ class DenoisingScoreMatching:
                 f"log-SNR range [{self._lam_lo}, {self._lam_hi}] on [t_min, T] = "
                 f"[{sde.t_min}, {sde.T}]"
             )
+        normal = torch.distributions.Normal(self.p_mean, self.p_std)
+        self._lognormal_cdf_range = tuple(
+            float(normal.cdf(torch.tensor(-0.5 * v))) for v in (self._lam_hi, self._lam_lo)
+        )
+
+    def _in_domain(self, t64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``t64`` in ``dtype``, kept in [t_min, T] against round-off (float32 may round T upwards)."""
+        t = t64.clamp(self.sde.t_min, self.sde.T).to(dtype)
+        T = torch.tensor(self.sde.T, dtype=dtype)
+        if float(T) > self.sde.T:
+            T = torch.nextafter(T, torch.zeros_like(T))
+        return torch.minimum(t, T.to(t.device))
 
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         r"""The factor :math:`\lambda(t)/c(t)` on the prediction's squared error (float64)."""
@@ -167,19 +179,15 @@ class DenoisingScoreMatching:
         u = torch.rand(batch, device=device, dtype=torch.float64, generator=generator)
         T, t_min = self.sde.T, self.sde.t_min
         if self.t_sampling == "uniform":
-            t = (t_min + (T - t_min) * u).to(dtype)
-            return t, torch.ones_like(u)
+            return self._in_domain(t_min + (T - t_min) * u, dtype), torch.ones_like(u)
         if self.t_sampling == "lognormal":
             # ln(sigma/alpha) = -lambda/2 ~ N(p_mean, p_std^2) truncated to [t_min, T], inverse CDF
-            normal = torch.distributions.Normal(self.p_mean, self.p_std)
-            lo, hi = (
-                float(normal.cdf(torch.tensor(-0.5 * v))) for v in (self._lam_hi, self._lam_lo)
-            )
+            lo, hi = self._lognormal_cdf_range
             log_s = self.p_mean + self.p_std * torch.special.ndtri(lo + (hi - lo) * u)
-            t = self.sde.log_snr_inverse(-2 * log_s)
-            return t.clamp(t_min, T).to(dtype), torch.ones_like(u)
+            t = self._in_domain(self.sde.log_snr_inverse(-2 * log_s), dtype)
+            return t, torch.ones_like(u)
         lam = self._lam_hi + (self._lam_lo - self._lam_hi) * u
-        t = self.sde.log_snr_inverse(lam).clamp(t_min, T).to(dtype)
+        t = self._in_domain(self.sde.log_snr_inverse(lam), dtype)
         t64 = t.to(torch.float64)
         # q(t) = (g^2 / sigma^2) / (lambda(t_min) - lambda(T)) on [t_min, T]
         q = self.sde.g2(t64) / self.sde.sigma(t64) ** 2 / (self._lam_hi - self._lam_lo)

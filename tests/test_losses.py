@@ -106,6 +106,24 @@ def test_dsm_excess_over_exact_score_is_the_explicit_score_matching_loss(predict
     assert bool(worse.mean() > best.mean())
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "edm"])
+def test_dsm_gradient_vanishes_at_the_exact_score_in_expectation(prediction):
+    # d/db DSM(s* + b) = 2 E[lambda] b: zero at b = 0, and the right size elsewhere
+    sde = VPSDE(BMIN, BMAX)
+    loss = DenoisingScoreMatching(sde, prediction, "likelihood")
+    exact = GAUSS.score_fn(sde)
+    x0, noise, t = draw(10_000, seed=10)
+    a2, s2, g2 = vp_closed_form(t.numpy())
+    mean_lam = float(g2.mean())
+    for b0 in (0.0, 0.5):
+        b = torch.full_like(x0, b0).requires_grad_(True)  # one shift per sample: per-sample grads
+        model = as_prediction(lambda x, t, b=b: exact(x, t) + b, prediction, sde)
+        (grad,) = torch.autograd.grad(loss.per_sample(model, x0, t, noise).sum(), b)
+        se = grad.std(0) / math.sqrt(len(grad))
+        assert bool(((grad.mean(0) - 2 * mean_lam * b0).abs() < 4 * se).all())
+        assert bool((se < 0.05 * mean_lam).all())
+
+
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE(), EDMSDE()], ids=["vp", "ve", "edm"])
 @pytest.mark.parametrize("weighting", ["sigma2", "likelihood", "edm"])
 def test_every_prediction_gives_the_same_score_weighted_loss(sde, weighting):
@@ -221,6 +239,17 @@ def test_lognormal_sampling_is_the_truncated_edm_distribution(sde):
     lo, hi = ((torch.log(sde.sigma(ends) / sde.alpha(ends)).numpy() + 1.2) / 1.2).tolist()
     ks = stats.kstest(torch.log(sigma / alpha).numpy(), stats.truncnorm(lo, hi, -1.2, 1.2).cdf)
     assert ks.pvalue > 0.01
+
+
+def test_sampled_times_stay_in_the_domain_after_rounding_to_float32():
+    sde = VPSDE.cosine()  # T = 0.9946 rounds upwards in float32
+    for t_sampling in ("uniform", "importance"):
+        loss = DenoisingScoreMatching(sde, "eps", t_sampling=t_sampling)
+        t, _ = loss.sample_t(10_000, generator=torch.Generator().manual_seed(11))
+        assert t.dtype == torch.float32
+        assert bool((t.double() <= sde.T).all() and (t.double() >= sde.t_min).all())
+    edge = loss._in_domain(torch.tensor([sde.T], dtype=torch.float64), torch.float32)
+    assert float(edge) <= sde.T
 
 
 @settings(derandomize=True, deadline=None, max_examples=25)
