@@ -119,3 +119,13 @@ def test_bad_input_is_refused():
         adaptive_sde(lambda x, t: x / 0 * 0, sde, x, ends(sde), noise=NoiseSource())
     with pytest.raises(RuntimeError, match="max_iterations"):
         adaptive_sde(score, sde, x, ends(sde), noise=NoiseSource(), max_iterations=3)
+
+
+def test_through_the_entry_point():
+    from sdekit.sampling import sample
+
+    sde = VPSDE()
+    gm = GaussianMixture([1.0], [[MU] * 2], [0.3])
+    model, calls = counted(gm.score_fn(sde))
+    x, info = sample(model, sde, (64, 2), method="Gotta Go Fast", denoise_final=False)
+    assert info.nfe == calls[0] and info.nfe % 2 == 0 and x.shape == (64, 2)

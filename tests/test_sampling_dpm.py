@@ -250,3 +250,15 @@ def test_bad_input_is_refused():
         dpmpp_multistep(score, sde, x, grid.flip(0), order=2)
     with pytest.raises(ValueError, match="LinearSDE"):
         dpmpp_multistep(score, sde.reverse(score), x, grid, order=2)
+
+
+def test_through_the_entry_point():
+    from sdekit.sampling import sample
+
+    sde = VPSDE()
+    for method, nfe in [("DPM++ 2M", 8), ("DPM++ 3M SDE", 9)]:  # + Tweedie's step for the SDE
+        x, info = sample(
+            MIX_2D.score_fn(sde), sde, (32, 2), method=method, steps=8, return_trajectory=True
+        )
+        assert info.nfe == nfe and info.trajectory.shape == (9, 32, 2)
+        torch.testing.assert_close(info.ts, logsnr_grid(sde, 8))

@@ -36,6 +36,7 @@ ones (``lower_order_final``, as the reference code, for stability at few steps).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -133,12 +134,14 @@ def dpmpp_multistep(
     eta: float = 0.0,
     noise: NoiseSource | None = None,
     lower_order_final: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     r"""Multistep DPM-Solver++ of ``order`` 1, 2 or 3 with stochasticity ``eta`` (see the module).
 
     Integrates from ``ts[0]`` to ``ts[-1]`` on the decreasing float64 grid ``ts`` with one call of
     ``score(x, t)`` per step (at ``ts[0], ..., ts[-2]``). ``eta = 0`` solves the probability-flow
     ODE; ``eta > 0`` simulates the reverse SDE above, drawing noise from ``noise``.
+    ``callback(i, x)``, if given, sees the state at ``ts[i + 1]`` after each step.
     """
     if not isinstance(sde, LinearSDE):
         raise ValueError(
@@ -167,6 +170,8 @@ def dpmpp_multistep(
         if eta > 0:
             x_next = x_next + n[i] * noise(x)
         x = x_next
+        if callback is not None:
+            callback(i, x)
     return x
 
 
@@ -190,9 +195,12 @@ def dpmpp_2m(
     *,
     noise: NoiseSource,
     lower_order_final: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) on the probability-flow ODE ("DPM++ 2M"); see :func:`dpmpp_multistep`."""
-    return dpmpp_multistep(score, sde, x, ts, order=2, lower_order_final=lower_order_final)
+    return dpmpp_multistep(
+        score, sde, x, ts, order=2, lower_order_final=lower_order_final, callback=callback
+    )
 
 
 @register(
@@ -212,9 +220,12 @@ def dpmpp_3m(
     *,
     noise: NoiseSource,
     lower_order_final: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Third-order multistep DPM-Solver++ on the probability-flow ODE ("DPM++ 3M")."""
-    return dpmpp_multistep(score, sde, x, ts, order=3, lower_order_final=lower_order_final)
+    return dpmpp_multistep(
+        score, sde, x, ts, order=3, lower_order_final=lower_order_final, callback=callback
+    )
 
 
 @register(
@@ -235,10 +246,19 @@ def dpmpp_2m_sde(
     noise: NoiseSource,
     eta: float = 1.0,
     lower_order_final: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) ("DPM++ 2M SDE"): ``eta = 1`` is the reverse SDE, 0 the ODE."""
     return dpmpp_multistep(
-        score, sde, x, ts, order=2, eta=eta, noise=noise, lower_order_final=lower_order_final
+        score,
+        sde,
+        x,
+        ts,
+        order=2,
+        eta=eta,
+        noise=noise,
+        lower_order_final=lower_order_final,
+        callback=callback,
     )
 
 
@@ -260,8 +280,17 @@ def dpmpp_3m_sde(
     noise: NoiseSource,
     eta: float = 1.0,
     lower_order_final: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Third-order multistep DPM-Solver++ on the reverse SDE ("DPM++ 3M SDE")."""
     return dpmpp_multistep(
-        score, sde, x, ts, order=3, eta=eta, noise=noise, lower_order_final=lower_order_final
+        score,
+        sde,
+        x,
+        ts,
+        order=3,
+        eta=eta,
+        noise=noise,
+        lower_order_final=lower_order_final,
+        callback=callback,
     )
