@@ -171,7 +171,8 @@ def log_likelihood(
 
     Args:
         model: ``model(x, t)`` predicting ``prediction``; for ``"score"`` any score function, e.g.
-            :meth:`sdekit.GaussianMixture.score_fn`.
+            :meth:`sdekit.GaussianMixture.score_fn`. A network must be in eval mode: the ODE and
+            the divergence need a deterministic drift that treats samples independently.
         sde: the forward SDE (a :class:`~sdekit.LinearSDE` unless ``prediction="score"``).
         x: data, ``(batch, *data_shape)``, float32 or float64.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sdekit
-from sdekit.likelihood import bits_per_dim, hutchinson_divergence, log_likelihood
+from sdekit.likelihood import bits_per_dim, draw_probes, hutchinson_divergence, log_likelihood
 
 GM1 = sdekit.GaussianMixture([0.25, 0.75], [-1.5, 1.0], [0.3, 0.5])
 GM2 = sdekit.GaussianMixture([0.3, 0.7], [[-2.0, 1.0], [1.5, -0.5]], [[0.5, 0.8], [0.7, 0.3]])
@@ -98,6 +98,32 @@ def test_hutchinson_is_unbiased(probe):
     )
     assert estimate.std() > 1e-3  # the probes are random
     assert abs(float(estimate.mean() - exact[0])) < 4 * float(estimate.std()) / math.sqrt(n)
+
+
+def test_each_probe_is_held_fixed_for_the_whole_solve():
+    # A single Gaussian with diagonal stds has a diagonal drift Jacobian diag(c_1(t), c_2(t)), so a
+    # probe e held fixed gives exactly e_1^2 C_1 + e_2^2 C_2 with C_i the 1D divergence integrals; a
+    # probe redrawn per evaluation would not.
+    sde = sdekit.VPSDE()
+    gm = sdekit.GaussianMixture([1.0], [[0.3, -0.2]], [[0.5, 1.5]])
+    x = data(gm, 16, seed=12)
+    kwargs = dict(t_min=0.0, method="rk4", steps=10)
+    _, info = log_likelihood(
+        gm.score_fn(sde),
+        sde,
+        x,
+        divergence="hutchinson",
+        probe="gaussian",
+        generator=torch.Generator().manual_seed(3),
+        **kwargs,
+    )
+    eps = draw_probes(x, 1, "gaussian", torch.Generator().manual_seed(3))[0]
+    expected = torch.zeros(16, dtype=torch.float64)
+    for i, (mean, std) in enumerate([(0.3, 0.5), (-0.2, 1.5)]):
+        marginal = sdekit.GaussianMixture([1.0], [mean], [std])
+        _, one_d = log_likelihood(marginal.score_fn(sde), sde, x[:, i : i + 1], **kwargs)
+        expected += eps[:, i] ** 2 * one_d.divergence_integral
+    torch.testing.assert_close(info.divergence_integral, expected)
 
 
 def test_more_probes_reduce_the_variance():
