@@ -30,9 +30,9 @@ from torchdiffeq import odeint
 
 from .checks import check_finite, check_positive
 from .parameterization import check_prediction, score_fn
+from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sde import SDE
 
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
