@@ -33,7 +33,7 @@ from .parameterization import check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sde import SDE
 
-FIXED_GRID_METHODS = ("euler", "midpoint", "heun3", "rk4")
+FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
@@ -177,10 +177,10 @@ def log_likelihood(
         x: data, ``(batch, *data_shape)``, float32 or float64.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
         method: an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid
-            one (``"euler"``, ``"midpoint"``, ``"heun3"``, ``"rk4"``).
+            one (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
         rtol, atol: tolerances of an adaptive method.
         steps: a uniform grid of ``steps`` steps from :math:`t_0` to :math:`T`, so that the number
-            of evaluations is known in advance (``steps`` times the method's stages: 1, 2, 3, 4)
+            of evaluations is known in advance (``steps`` times the stages: 1, 2, 2, 3, 4)
             and every rank of a distributed run does the same work.
         divergence: ``"exact"`` (one backward pass per data dimension and evaluation) or
             ``"hutchinson"`` (``probes`` vector-Jacobian products per evaluation; unbiased).

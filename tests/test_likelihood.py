@@ -152,7 +152,9 @@ def test_hutchinson_matches_exact_trace_on_a_linear_map(seed, d, gaussian):
     torch.testing.assert_close(f, x @ A.T)
 
 
-@pytest.mark.parametrize("method,stages", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+@pytest.mark.parametrize(
+    "method,stages", [("euler", 1), ("midpoint", 2), ("heun2", 2), ("heun3", 3), ("rk4", 4)]
+)
 def test_fixed_grid_does_the_nfe_it_says(method, stages):
     sde = sdekit.VPSDE()
     x = data(GM1, 8)
