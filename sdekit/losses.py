@@ -206,13 +206,16 @@ class DenoisingScoreMatching:
         Returns ``(batch,)``.
         """
         check_batch_time(t, x0)
-        alpha, sigma = (broadcast_to_data(c, x0) for c in self.sde.marginal(t.to(torch.float64)))
+        # coefficients in float64, elementwise work in the data's precision (at least float32)
+        dtype = torch.promote_types(x0.dtype, torch.float32)
+        alpha, sigma = (
+            broadcast_to_data(c, x0).to(dtype) for c in self.sde.marginal(t.to(torch.float64))
+        )
         x_t = (alpha * x0 + sigma * noise).to(x0.dtype)
         args = () if labels is None else (labels,)
         out = model(x_t, t, *args)
         prediction = "x0" if self.prediction == "edm" else self.prediction
         y = target(prediction, x0, noise, alpha, sigma)
-        dtype = torch.promote_types(out.dtype, torch.float32)
         err = (out.to(dtype) - y.to(dtype)).square().flatten(1).sum(1)
         return self.weight(t).to(dtype) * err
 
