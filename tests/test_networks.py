@@ -115,6 +115,10 @@ def test_mlp_rejects_bad_shapes_and_depth():
         MLP(depth=0)
     with pytest.raises(ValueError, match="x must have shape"):
         MLP(dim=2)(torch.randn(4, 3), torch.rand(4))
+    with pytest.raises(ValueError, match="t must have shape"):
+        MLP(dim=2)(torch.randn(4, 2), torch.rand(()))
+    with pytest.raises(ValueError, match="t must have shape"):
+        UNet(**SMALL)(torch.randn(2, 1, 8, 8), torch.rand(3))
 
 
 def test_embeddings_have_the_stated_features():

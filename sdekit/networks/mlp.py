@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_batch_time
 from .embeddings import GaussianFourierEmbedding, LabelEmbedding
 
 
@@ -50,6 +51,7 @@ class MLP(nn.Module):
     ) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (batch, {self.dim}), got {tuple(x.shape)}")
+        check_batch_time(t, x)
         cond = self.label(self.time(t).to(x.dtype), labels)
         h = self.inp(x)
         for layer in self.hidden:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_batch_time
 from .embeddings import LabelEmbedding, time_embedding
 
 _SQRT_HALF = 1 / math.sqrt(2)
@@ -167,6 +168,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
+        check_batch_time(t, x)
         emb = F.silu(self.label(self.time(t), labels))
         h = self.conv_in(x)
         skips = [h]
