@@ -75,8 +75,11 @@ def _top_level_table() -> list[str]:
     lines = ["Exported at the top level (``import sdekit``):", ""]
     for name in sdekit.__all__:
         obj = getattr(sdekit, name)
-        target = f"{obj.__module__}.{obj.__qualname__}"
         summary = (inspect.getdoc(obj) or "").split("\n")[0]
+        if inspect.ismodule(obj):
+            lines.append(f"* :py:mod:`sdekit.{name} <{obj.__name__}>` — {summary}")
+            continue
+        target = f"{obj.__module__}.{obj.__qualname__}"
         lines.append(f"* :py:obj:`sdekit.{name} <{target}>` — {summary}")
     return lines + [""]
 

@@ -1,15 +1,17 @@
 """sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
 
-from . import sampling
+from . import networks, sampling
 from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
 from .fokker_planck import fokker_planck_residual, solve_fokker_planck
 from .likelihood import bits_per_dim, log_likelihood
 from .linear import EDMSDE, OUSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
+from .losses import DenoisingScoreMatching
 from .mixture import GaussianMixture
 from .sampling import sample
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
 from .sde import SDE, ProbabilityFlowODE, ReverseSDE, broadcast_to_data
 from .simulate import simulate
+from .training import TrainConfig, Trainer, load_model
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,11 @@ __all__ = [
     "fokker_planck_residual",
     "broadcast_to_data",
     "sampling",
+    "networks",
+    "DenoisingScoreMatching",
+    "TrainConfig",
+    "Trainer",
+    "load_model",
     "sample",
     "log_likelihood",
     "bits_per_dim",
