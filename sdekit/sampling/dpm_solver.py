@@ -180,6 +180,7 @@ _PAPER = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095)"
 
 @register(
     "dpmpp_2m",
+    aliases=("DPM++ 2M",),
     order=2,
     stochastic=False,
     needs_marginal=True,
@@ -205,6 +206,7 @@ def dpmpp_2m(
 
 @register(
     "dpmpp_3m",
+    aliases=("DPM++ 3M",),
     order=3,
     stochastic=False,
     needs_marginal=True,
@@ -230,6 +232,7 @@ def dpmpp_3m(
 
 @register(
     "dpmpp_2m_sde",
+    aliases=("DPM++ 2M SDE",),
     order=2,
     stochastic=True,
     needs_marginal=True,
@@ -264,6 +267,7 @@ def dpmpp_2m_sde(
 
 @register(
     "dpmpp_3m_sde",
+    aliases=("DPM++ 3M SDE",),
     order=3,
     stochastic=True,
     needs_marginal=True,

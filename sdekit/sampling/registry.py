@@ -64,7 +64,8 @@ def register(
             name, fn, order, stochastic, needs_marginal, evals_per_step, aliases, default_grid, paper
         )
         for key in (name, *aliases):
-            if _key(key) in _ALIASES:
+            # an alias may spell the name differently ("DPM++ 2M" for dpmpp_2m), not take another's
+            if _ALIASES.get(_key(key), name) != name:
                 raise ValueError(f"sampler name {key!r} is already registered")
             _ALIASES[_key(key)] = name
         SAMPLERS[name] = spec
