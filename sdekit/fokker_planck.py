@@ -34,9 +34,13 @@ from .sde import SDE
 
 
 def _bernoulli(w: np.ndarray) -> np.ndarray:
-    small = np.abs(w) < 1e-8
-    safe = np.where(small, 1.0, w)
-    return np.where(small, 1.0 - 0.5 * w, safe / np.expm1(safe))
+    """B(w) = w / (e^w - 1), through B(a) = a e^{-a} / (1 - e^{-a}) and B(-a) = B(a) + a (a = |w|),
+    which never overflow."""
+    a = np.abs(w)
+    small = a < 1e-8
+    safe = np.where(small, 1.0, a)
+    b_abs = safe * np.exp(-safe) / -np.expm1(-safe)
+    return np.where(small, 1.0 - 0.5 * w, np.where(w > 0, b_abs, b_abs + safe))
 
 
 def _coefficients(sde: SDE, x: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
