@@ -59,7 +59,7 @@ DIGITS_CONFIG = dict(
     sample_every=0,
     checkpoint_every=0,
 )
-METHODS = [("dpmpp_2m", 20), ("dpmpp_2m", 50), ("euler_maruyama", 199)]
+METHODS = [("dpmpp_2m", 20), ("euler_maruyama", 99)]
 
 
 def split(labels: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
