@@ -12,11 +12,11 @@ two ways:
 - Euler–Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6), 200 steps, with Tweedie's final
   denoising step.
 
-Run ``python examples/train_digits.py`` (about a minute on one idle CPU core: blurry digits),
-``--full`` for a run that draws clean ones (tens of minutes on a CPU, about a minute on a GPU with
-``--device cuda``), ``--class-conditional`` to draw each class in turn. The run directory is
-``outputs/train_digits/`` (running again resumes from its checkpoint); the figure, real digits
-beside the samples of both methods, goes to ``outputs/train_digits.png``.
+Run ``python examples/train_digits.py`` (under a minute on one idle CPU core: blurry blobs, not
+yet digits), ``--full`` for 20,000 steps that draw clean digits (about an hour on one CPU core; a
+GPU with ``--device cuda`` takes minutes), ``--class-conditional`` to draw each class in turn. The
+run directory is ``outputs/train_digits/`` (running again resumes from its checkpoint); the figure,
+real digits beside the samples of both methods, goes to ``outputs/train_digits.png``.
 ``benchmarks/quality_digits.py`` measures such samples with a classifier.
 """
 
@@ -32,7 +32,7 @@ from sdekit.training import TrainConfig, Trainer
 
 parser = argparse.ArgumentParser(description="Train a UNet on 8x8 digits and sample it two ways")
 parser.add_argument("--full", action="store_true", help="20,000 steps")
-parser.add_argument("--steps", type=int, help="training steps (default 400; full 20,000)")
+parser.add_argument("--steps", type=int, help="training steps (default 200; full 20,000)")
 parser.add_argument("--n", type=int, default=64, help="samples per method")
 parser.add_argument("--class-conditional", action="store_true", help="condition on the labels")
 parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -50,7 +50,7 @@ config = TrainConfig(
     num_res_blocks=1,
     dropout=0.1,
     batch_size=128,
-    steps=args.steps or (20_000 if args.full else 400),
+    steps=args.steps or (20_000 if args.full else 200),
     lr=1e-3,
     warmup_steps=200,
     ema_decay=0.999 if args.full else 0.99,
@@ -84,11 +84,10 @@ def grid(x: torch.Tensor) -> torch.Tensor:
 
 # %%
 # Real digits beside the samples of both methods
-fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
 for ax, (title, x) in zip(axes, panels.items(), strict=True):
     ax.imshow(grid(x), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-fig.tight_layout()
 Path("outputs").mkdir(exist_ok=True)
 fig.savefig("outputs/train_digits.png", dpi=100)

@@ -87,7 +87,7 @@ if args.data == "gmm_2d":
 # %%
 # Data beside the samples of both methods
 data = trainer.x[:n].cpu()
-fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(12, 4.3), sharex=True, sharey=True, layout="constrained")
 for ax, (title, x) in zip(axes, [("data", data), *samples.items()], strict=True):
     ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5)
     ax.set_title(title)
@@ -95,6 +95,5 @@ for ax, (title, x) in zip(axes, [("data", data), *samples.items()], strict=True)
 lim = 1.15 * float(data.abs().max())
 axes[0].set_xlim(-lim, lim)
 axes[0].set_ylim(-lim, lim)
-fig.tight_layout()
 Path("outputs").mkdir(exist_ok=True)
 fig.savefig("outputs/train_toy_2d.png", dpi=100)
