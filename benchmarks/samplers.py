@@ -124,12 +124,15 @@ def run_target(gm, sde, runners, args, device) -> dict[str, dict[int, tuple[floa
         start = time.perf_counter()
         row: dict[int, tuple[float, int]] = {}
         if runner.adaptive:
-            # Run a tolerance sweep once; each budget takes the best run that fits it.
+            # Run a tolerance sweep once, loose to tight, until a run exceeds the largest budget;
+            # each budget takes the best run that fits it.
             points = []
             for tol in args.tolerances:
                 score = CountingScore(gm, sde)
                 x, used = runner.run(score, x_T, tol, torch.Generator(device).manual_seed(1))
                 points.append((used, distance(x, gm, args.directions)))
+                if used > max(args.nfe):
+                    break
             for budget in args.nfe:
                 fits = [(err, used) for used, err in points if used <= budget]
                 if fits:
