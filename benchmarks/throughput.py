@@ -90,8 +90,9 @@ def runners(model, sde, k, x_T: torch.Tensor, steps: int, device: torch.device) 
     if k is not None:
         lo, hi = peer_lib.k_sigma_range(sde)
         denoiser = peer_lib.k_denoiser(score_fn(model, sde, "eps"), sde)
-        # `steps` + 1 sigmas and no final 0: the same `steps` model calls as sdekit.
-        sigmas = k.get_sigmas_karras(steps + 1, lo, hi, device=device)
+        # `steps` + 1 sigmas without the final 0 that get_sigmas_karras appends: the same `steps`
+        # model calls as sdekit.
+        sigmas = k.get_sigmas_karras(steps + 1, lo, hi, device=device)[:-1]
         x_k = x_T * (1 + hi**2) ** 0.5
         for method, fn in (("euler", k.sample_euler), ("dpmpp_2m", k.sample_dpmpp_2m)):
             runs["k-diffusion", method] = lambda fn=fn: fn(denoiser, x_k, sigmas, disable=True)
@@ -109,7 +110,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     batches = args.batch or ([256, 4096, 65536] if args.full else [1024])
-    repeats = 20 if args.full else 10
+    repeats = 50 if args.full else 30
 
     torch.manual_seed(0)
     model = MLP(dim=2, hidden=256, depth=2).to(device).eval()
