@@ -54,7 +54,7 @@ def targets() -> dict[str, sdekit.GaussianMixture]:
 
 def distance(samples: torch.Tensor, gm: sdekit.GaussianMixture, directions: int) -> float:
     """:math:`W_1` (1D) or sliced :math:`W_1` over fixed directions (2D) to the data law."""
-    samples = samples.detach().to("cpu", torch.float64)
+    samples = samples.detach().to(torch.float64)
     if not bool(torch.isfinite(samples).all()):
         return math.nan
     if gm.dim == 1:
