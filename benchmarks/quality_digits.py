@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--save", help="write the EMA samples of the first method here (.pt)")
     args = parser.parse_args()
+    if not args.minutes > 0 or args.steps < 1:
+        parser.error(f"--minutes must be > 0 and --steps >= 1, got {args.minutes}, {args.steps}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
