@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,7 +72,17 @@ def test_check_finite():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_checks_on_gpu_do_not_sync_but_still_fail():
-    t = torch.tensor([0.5, 2.0], device="cuda")
-    with pytest.raises(RuntimeError):
-        check_time(t, 1.0)
-        torch.cuda.synchronize()
+    # a failed device-side assert leaves the CUDA context unusable, so it runs in its own process
+    script = (
+        "import torch\n"
+        "from sdekit.checks import check_time\n"
+        "check_time(torch.tensor([0.5, 0.7], device='cuda'), 1.0)\n"
+        "torch.cuda.synchronize()\n"
+        "print('good input passed', flush=True)\n"
+        "check_time(torch.tensor([0.5, 2.0], device='cuda'), 1.0)\n"
+        "torch.cuda.synchronize()\n"
+        "print('bad input passed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "good input passed" in done.stdout
+    assert done.returncode != 0 and "bad input passed" not in done.stdout
