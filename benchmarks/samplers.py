@@ -142,9 +142,13 @@ def run_target(gm, sde, runners, args, device, seed) -> dict[str, dict[int, tupl
         else:
             for budget in args.nfe:
                 score = CountingScore(gm, sde)
-                out = runner.run(
-                    score, x_T, budget, torch.Generator(device).manual_seed(1000 + seed)
-                )
+                try:
+                    out = runner.run(
+                        score, x_T, budget, torch.Generator(device).manual_seed(1000 + seed)
+                    )
+                except Exception as err:  # a peer's own bug must not end the comparison
+                    print(f"  {runner.name} at NFE {budget} failed: {err!r}", file=sys.stderr)
+                    continue
                 if out is None:
                     continue
                 x, used = out
