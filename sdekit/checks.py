@@ -38,14 +38,18 @@ def check_probability(name: str, value: float, *, open_right: bool = False) -> f
 
 def check_less(name_low: str, low: float, name_high: str, high: float) -> None:
     if not low < high:
-        raise ValueError(f"{name_low} must be < {name_high}, got {name_low}={low}, {name_high}={high}")
+        raise ValueError(
+            f"{name_low} must be < {name_high}, got {name_low}={low}, {name_high}={high}"
+        )
 
 
 def check_time(t: torch.Tensor, T: float, name: str = "t") -> None:
     """Times must be finite and lie in the SDE's domain [0, T]."""
     ok = torch.isfinite(t) & (t >= 0) & (t <= T)
     if t.device.type == "cpu" and not bool(ok.all()):
-        raise ValueError(f"{name} must lie in [0, T] = [0, {T}], got {t[~ok].flatten()[:4].tolist()}")
+        raise ValueError(
+            f"{name} must lie in [0, T] = [0, {T}], got {t[~ok].flatten()[:4].tolist()}"
+        )
     _check_values(ok, f"{name} must lie in [0, T] = [0, {T}]")
 
 

@@ -66,7 +66,11 @@ def _gather(values: torch.Tensor, i: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 
 def ddpm_ancestral_step(
-    schedule: DDPMSchedule, x: torch.Tensor, score: torch.Tensor, i: torch.Tensor, noise: torch.Tensor
+    schedule: DDPMSchedule,
+    x: torch.Tensor,
+    score: torch.Tensor,
+    i: torch.Tensor,
+    noise: torch.Tensor,
 ) -> torch.Tensor:
     """One ancestral step ``x_i -> x_{i-1}`` of the discretized VP SDE (score form, eq. 47).
 
@@ -84,7 +88,9 @@ def ddpm_step(
     beta = _gather(schedule.betas, i, x)
     alpha_bar = _gather(schedule.alpha_bars, i, x)
     keep = broadcast_to_data((i > 0).to(x.dtype), x)
-    return (x - beta / torch.sqrt(1 - alpha_bar) * eps) / torch.sqrt(1 - beta) + keep * beta.sqrt() * noise
+    return (x - beta / torch.sqrt(1 - alpha_bar) * eps) / torch.sqrt(
+        1 - beta
+    ) + keep * beta.sqrt() * noise
 
 
 def smld_ancestral_step(
@@ -97,4 +103,3 @@ def smld_ancestral_step(
     sigma_prev = _gather(prev, i, x)
     var_step = sigma**2 - sigma_prev**2
     return x + var_step * score + torch.sqrt(sigma_prev**2 * var_step / sigma**2) * noise
-

@@ -92,7 +92,9 @@ def solve_fokker_planck(
     x = np.asarray(x, dtype=np.float64)
     p = np.asarray(p0, dtype=np.float64).copy()
     if x.ndim != 1 or x.size < 3 or p.shape != x.shape:
-        raise ValueError(f"x must be 1D with >= 3 points and p0 of the same shape, got {x.shape}, {p.shape}")
+        raise ValueError(
+            f"x must be 1D with >= 3 points and p0 of the same shape, got {x.shape}, {p.shape}"
+        )
     h = x[1] - x[0]
     if not (h > 0 and np.allclose(np.diff(x), h, rtol=1e-8, atol=0)):
         raise ValueError("x must be uniformly spaced and increasing")
@@ -146,7 +148,9 @@ def fokker_planck_residual(
         size of the terms that cancel, for a relative check.
     """
     if x.ndim != 2 or x.shape[1] != 1 or t.shape != (x.shape[0],):
-        raise ValueError(f"x must be (batch, 1) and t (batch,), got {tuple(x.shape)}, {tuple(t.shape)}")
+        raise ValueError(
+            f"x must be (batch, 1) and t (batch,), got {tuple(x.shape)}, {tuple(t.shape)}"
+        )
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         t = t.detach().requires_grad_(True)

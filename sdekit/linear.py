@@ -88,7 +88,7 @@ class LinearSDE(SDE):
 
     def g2(self, t: torch.Tensor) -> torch.Tensor:
         r"""Squared diffusion :math:`g^2(t) = -\sigma^2(t)\,\mathrm{d}\lambda/\mathrm{d}t`."""
-        return -self.sigma(t) ** 2 * _time_derivative(self.log_snr, t)
+        return -(self.sigma(t) ** 2) * _time_derivative(self.log_snr, t)
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return broadcast_to_data(self.f(t), x) * x
@@ -194,7 +194,6 @@ class VPSDE(_BetaScheduledSDE):
         t_min: smallest sampling time.
     """
 
-
     @classmethod
     def cosine(cls, s: float = 0.008, T: float = 0.9946, t_min: float = 1e-3) -> VPSDE:
         """VP SDE with improved DDPM's cosine schedule (Nichol & Dhariwal 2021)."""
@@ -229,7 +228,6 @@ class SubVPSDE(_BetaScheduledSDE):
     :math:`B = 2\,\operatorname{asinh}(e^{-\lambda/2}/2)`. The prior is :math:`\mathcal N(0, I)`.
     """
 
-
     def sigma(self, t):
         return -torch.expm1(-self.schedule.integral(t))
 
@@ -259,7 +257,12 @@ class VESDE(LinearSDE):
     """
 
     def __init__(
-        self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, T: float = 1.0, t_min: float = 1e-5
+        self,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        *,
+        T: float = 1.0,
+        t_min: float = 1e-5,
     ):
         super().__init__(T, t_min)
         self.sigma_min = check_positive("sigma_min", sigma_min)
@@ -298,7 +301,9 @@ class VESDE(LinearSDE):
     def smld_sigmas(self, N: int) -> torch.Tensor:
         """SMLD's ``N`` geometric noise levels from sigma_min to sigma_max (float64)."""
         return torch.exp(
-            torch.linspace(math.log(self.sigma_min), math.log(self.sigma_max), N, dtype=torch.float64)
+            torch.linspace(
+                math.log(self.sigma_min), math.log(self.sigma_max), N, dtype=torch.float64
+            )
         )
 
 
@@ -347,7 +352,9 @@ class OUSDE(LinearSDE):
     SDE with constant :math:`\beta = 2\theta`.
     """
 
-    def __init__(self, theta: float = 1.0, g: float = math.sqrt(2.0), *, T: float = 5.0, t_min=1e-3):
+    def __init__(
+        self, theta: float = 1.0, g: float = math.sqrt(2.0), *, T: float = 5.0, t_min=1e-3
+    ):
         super().__init__(T, t_min)
         self.theta = check_positive("theta", theta)
         self.g = check_positive("g", g)

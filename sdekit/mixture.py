@@ -55,7 +55,9 @@ class GaussianMixture:
             s = s.expand(mu.shape[0])
         if s.ndim == 1:
             if s.shape[0] != mu.shape[0]:
-                raise ValueError(f"stds must be (K,) = ({mu.shape[0]},) or (K, d), got {tuple(s.shape)}")
+                raise ValueError(
+                    f"stds must be (K,) = ({mu.shape[0]},) or (K, d), got {tuple(s.shape)}"
+                )
             s = s[:, None].expand_as(mu)
         if s.shape != mu.shape:
             raise ValueError(f"stds must be (K, d) = {tuple(mu.shape)}, got {tuple(s.shape)}")
@@ -132,7 +134,9 @@ class GaussianMixture:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if t is not None and torch.as_tensor(t).numel() != 1:
-            raise ValueError("t must be a single time for sample(); draw per-time batches separately")
+            raise ValueError(
+                "t must be a single time for sample(); draw per-time batches separately"
+            )
         like = torch.empty(0, dtype=dtype, device=device)
         mean, var = self._components(t, sde, like)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)

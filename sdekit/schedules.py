@@ -50,7 +50,9 @@ class LinearBeta(BetaSchedule):
         self.beta_min = check_positive("beta_min", beta_min)
         self.beta_max = check_positive("beta_max", beta_max)
         if beta_max < beta_min:
-            raise ValueError(f"beta_max must be >= beta_min, got beta_min={beta_min}, beta_max={beta_max}")
+            raise ValueError(
+                f"beta_max must be >= beta_min, got beta_min={beta_min}, beta_max={beta_max}"
+            )
 
     def beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)

@@ -171,4 +171,3 @@ class ProbabilityFlowODE(nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.drift(x, t.to(x.dtype).expand(x.shape[0]))
-

@@ -23,7 +23,9 @@ class NoiseSource:
         if g is None or isinstance(g, torch.Generator):
             return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         if len(g) != x.shape[0]:
-            raise ValueError(f"generator must be one per sample: got {len(g)} for a batch of {x.shape[0]}")
+            raise ValueError(
+                f"generator must be one per sample: got {len(g)} for a batch of {x.shape[0]}"
+            )
         return torch.stack(
             [torch.randn(x.shape[1:], generator=gi, device=x.device, dtype=x.dtype) for gi in g]
         )

@@ -61,7 +61,15 @@ def register(
 
     def add(fn: Callable) -> Callable:
         spec = SamplerSpec(
-            name, fn, order, stochastic, needs_marginal, evals_per_step, aliases, default_grid, paper
+            name,
+            fn,
+            order,
+            stochastic,
+            needs_marginal,
+            evals_per_step,
+            aliases,
+            default_grid,
+            paper,
         )
         for key in (name, *aliases):
             # an alias may spell the name differently ("DPM++ 2M" for dpmpp_2m), not take another's
@@ -79,4 +87,6 @@ def get_sampler(name: str) -> SamplerSpec:
     try:
         return SAMPLERS[_ALIASES[_key(name)]]
     except KeyError:
-        raise ValueError(f"method must be one of {sorted(SAMPLERS)} (or an alias), got {name!r}") from None
+        raise ValueError(
+            f"method must be one of {sorted(SAMPLERS)} (or an alias), got {name!r}"
+        ) from None
