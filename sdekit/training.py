@@ -440,9 +440,10 @@ class Trainer:
         pending: list[torch.Tensor] = []
         # on CPU reading the loss costs nothing: check it every step; on GPU at log intervals
         flush_every = 1 if self.device.type == "cpu" else cfg.log_every
-        bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", unit="step"
-        )
+        # None: tqdm shows the bar on a terminal and honours TQDM_DISABLE, instead of writing
+        # carriage-return frames into redirected logs; other ranks never show one
+        quiet = True if self.rank != 0 else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=quiet, desc="train", unit="step")
         with bar:
             while self.step < cfg.steps:
                 pending.append(self.train_step())
