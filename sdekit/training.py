@@ -92,6 +92,9 @@ class TrainConfig:
     prediction: str = _help(f"network output: one of {', '.join(TRAIN_PREDICTIONS)}", "eps")
     weighting: str = _help("loss weighting (see sdekit.losses)", "default")
     t_sampling: str = _help("how training times are drawn (see sdekit.losses)", "uniform")
+    sigma_data: float = _help("EDM's data std (prediction 'edm', weighting 'edm')", 0.5)
+    p_mean: float = _help("mean of ln(sigma) for t_sampling 'lognormal' (EDM's P_mean)", -1.2)
+    p_std: float = _help("std of ln(sigma) for t_sampling 'lognormal' (EDM's P_std)", 1.2)
     hidden: int = _help("MLP width (vector data)", 256)
     depth: int = _help("MLP hidden layers (vector data)", 3)
     channels: int = _help("UNet base channels (images)", 64)
@@ -150,6 +153,11 @@ class TrainConfig:
             raise ValueError(f"channel_mults must be integers >= 1, got {self.channel_mults}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("sigma_data", "p_std"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not math.isfinite(self.p_mean):
+            raise ValueError(f"p_mean must be a finite number, got {self.p_mean}")
         for name in ("weight_decay", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
@@ -233,7 +241,9 @@ def build_model(
         )
     else:
         raise ValueError(f"data must be vectors (d,) or square images (C, H, H), got {data_shape}")
-    return EDMPrecond(net, sde) if config.prediction == "edm" else net
+    if config.prediction == "edm":
+        return EDMPrecond(net, sde, sigma_data=config.sigma_data)
+    return net
 
 
 def sample_prediction(config: TrainConfig) -> str:
@@ -343,7 +353,13 @@ class Trainer:
             from .losses import DenoisingScoreMatching
 
             loss_fn = DenoisingScoreMatching(
-                self.sde, cfg.prediction, cfg.weighting, cfg.t_sampling
+                self.sde,
+                cfg.prediction,
+                cfg.weighting,
+                cfg.t_sampling,
+                sigma_data=cfg.sigma_data,
+                p_mean=cfg.p_mean,
+                p_std=cfg.p_std,
             )
         self.loss_fn = loss_fn
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)

@@ -153,12 +153,24 @@ def test_rng_state_round_trip(tmp_path):
         ("data", "imagenet"), ("sde", "vq"), ("prediction", "noise"), ("precision", "fp8"),
         ("steps", 0), ("batch_size", 2.5), ("lr", -1.0), ("lr", math.nan), ("ema_decay", 1.0),
         ("dropout", -0.1), ("grad_clip", -1.0), ("channel_mults", (1, 0)), ("device", "tpu"),
-        ("sample_n", 0), ("grad_accum", 0),
+        ("sample_n", 0), ("grad_accum", 0), ("sigma_data", 0.0), ("p_std", -1.0),
+        ("p_mean", math.inf),
     ],
 )  # fmt: skip
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_edm_fields_reach_the_network_and_the_loss(tmp_path):
+    cfg = tiny(tmp_path, prediction="edm", t_sampling="lognormal", sigma_data=1.4, p_mean=-0.5,
+               p_std=1.5)  # fmt: skip
+    trainer = Trainer(cfg)
+    assert trainer.model.sigma_data == 1.4
+    # the truncated lognormal draws ln(sigma) around p_mean: its median moves with it
+    t, _ = trainer.loss_fn.sample_t(4000, generator=torch.Generator().manual_seed(0))
+    sigma_tilde = trainer.sde.sigma(t) / trainer.sde.alpha(t)
+    assert abs(float(sigma_tilde.log().median()) - (-0.5)) < 0.1
 
 
 def test_config_files(tmp_path):
