@@ -1,6 +1,6 @@
 """The command line: ``python -m sdekit train ...`` and ``python -m sdekit sample ...``.
 
-``train`` takes every :class:`~sdekit.training.TrainConfig` field as a flag (``--batch-size 128``,
+``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
 ``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then a
 ``--config`` file (JSON or TOML), then the flags. Run it under ``torchrun`` for several processes.
 ``sample`` draws from a checkpoint's EMA weights and writes a PNG (or the raw tensor with ``.pt``).
@@ -17,14 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .training import (
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    config_field_types,
-    load_model,
-    save_samples,
-)
+from .config import TrainConfig, config_field_types
+from .training import NonFiniteLossError, Trainer, load_model, save_samples
 
 
 def _positive_int(text: str) -> int:
