@@ -90,7 +90,9 @@ floor = sum(floors) / len(floors)
 print(f"{n} samples, {steps} Euler-Maruyama steps each way on {device}: {elapsed:.2f} s")
 print(f"sliced W1 to the exact law:  reverse SDE {error:.4f}   Monte-Carlo floor {floor:.4f}")
 
-fig, axes = plt.subplots(2, len(snapshot_times), figsize=(2.8 * len(snapshot_times), 6))
+fig, axes = plt.subplots(
+    2, len(snapshot_times), figsize=(2.8 * len(snapshot_times), 6.2), layout="constrained"
+)
 for row, (states, label) in enumerate([(forward, "forward"), (backward, "reverse")]):
     for ax, (t, x) in zip(axes[row], states, strict=True):
         pts = x[:2000].cpu()
@@ -98,7 +100,6 @@ for row, (states, label) in enumerate([(forward, "forward"), (backward, "reverse
         ax.set(xlim=(-3.5, 3.5), ylim=(-3.5, 3.5), aspect="equal", xticks=[], yticks=[])
         ax.set_title(f"{label}, t = {t:.3g}")
 fig.suptitle(f"VP SDE, exact score: sliced W1 {error:.3f} (floor {floor:.3f})")
-fig.tight_layout()
 out = Path("outputs")  # under the working directory: the repo root in README's commands
 out.mkdir(exist_ok=True)
 fig.savefig(out / "demo_2d.png", dpi=120)
