@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..conditioning import Cond, call_model, check_cond
 from ..linear import LinearSDE
 from ..parameterization import check_prediction, score_fn
 from ..sde import SDE, broadcast_to_data
@@ -50,14 +51,15 @@ class _CountingScore:
     model's output back in the dtype of ``x``, so a network may compute in bf16 while the sampler's
     state and schedule arithmetic stay in float32/64."""
 
-    def __init__(self, model: Callable, sde: SDE, prediction: str):
+    def __init__(self, model: Callable, sde: SDE, prediction: str, cond: Cond = None):
         self.nfe = 0
         self._model = model
+        self._cond = cond
         self._score = score_fn(self._cast_model, sde, prediction) if prediction != "score" else None
 
     def _cast_model(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self._model(x, t).to(x.dtype)
+        return call_model(self._model, x, t, self._cond).to(x.dtype)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self._score is None:
@@ -88,6 +90,7 @@ def sample(
     t_min: float | None = None,
     denoise_final: bool | None = None,
     generator: Generator = None,
+    cond: Cond = None,
     return_trajectory: bool = False,
     compile: bool = False,
     device: torch.device | str | None = None,
@@ -109,6 +112,8 @@ def sample(
         denoise_final: finish with Tweedie's step (+1 model call). ``None``: only for stochastic
             methods, whose last step leaves noise of level :math:`\\sigma(t_{\\min})`.
         generator: a ``torch.Generator``, or one per sample for batch-size-independent samples.
+        cond: the condition of a conditional model (see :mod:`sdekit.conditioning`): the model is
+            called as ``model(x, t, cond)``, unchanged by every method; ``None`` calls ``model(x, t)``.
         return_trajectory: also return the states at every grid time in ``info.trajectory``.
         compile: wrap the model, evaluated once or twice per step, with ``torch.compile`` (on CUDA;
             ignored with a warning elsewhere).
@@ -150,7 +155,8 @@ def sample(
             model = torch.compile(model)
         else:
             warnings.warn("compile=True is ignored off CUDA: running eagerly", stacklevel=2)
-    score = _CountingScore(model, sde, prediction)
+    check_cond(cond, x.shape[0])
+    score = _CountingScore(model, sde, prediction, cond)
 
     trajectory: list[torch.Tensor] | None = None
     if return_trajectory:

@@ -31,7 +31,7 @@ from ..linear import LinearSDE
 from ..sde import ScoreFn
 from .grids import batch_time
 from .noise import NoiseSource
-from .registry import register
+from .registry import register, run_callback
 
 
 @register(
@@ -68,6 +68,5 @@ def ddim(
         x = keep[i] * x + c_eps[i] * eps
         if eta > 0:
             x = x + c_noise[i] * noise(x)
-        if callback is not None:
-            callback(i, x)
+        x = run_callback(callback, i, x)
     return x

@@ -44,7 +44,7 @@ from ..linear import LinearSDE
 from ..parameterization import to_x0
 from ..sde import ScoreFn
 from .noise import NoiseSource
-from .registry import register
+from .registry import register, run_callback
 
 # The reference code (dpm-solver) lowers the order of the final steps only on short grids: on long
 # grids a first-order last step would cost the method its global order.
@@ -170,8 +170,7 @@ def dpmpp_multistep(
         if eta > 0:
             x_next = x_next + n[i] * noise(x)
         x = x_next
-        if callback is not None:
-            callback(i, x)
+        x = run_callback(callback, i, x)
     return x
 
 

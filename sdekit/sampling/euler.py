@@ -20,7 +20,7 @@ import torch
 from ..sde import SDE, ScoreFn, broadcast_to_data
 from .grids import batch_time
 from .noise import NoiseSource
-from .registry import register
+from .registry import register, run_callback
 
 
 @register(
@@ -48,6 +48,5 @@ def euler_maruyama(
         h = (ts[i + 1] - ts[i]).to(x.dtype)
         g = broadcast_to_data(reverse.diffusion(x, t), x)
         x = x + reverse.drift(x, t) * h + g * torch.sqrt(-h) * noise(x)
-        if callback is not None:
-            callback(i, x)
+        x = run_callback(callback, i, x)
     return x

@@ -39,7 +39,7 @@ from ..linear import LinearSDE
 from ..sde import ScoreFn
 from .grids import batch_time
 from .noise import NoiseSource
-from .registry import register
+from .registry import register, run_callback
 
 
 def _karras(
@@ -90,7 +90,7 @@ def _karras(
             x_next = xt + step[i] * 0.5 * (d + d_next)
         xt = x_next
         if callback is not None:
-            callback(i, alpha[i + 1] * xt)
+            xt = run_callback(callback, i, alpha[i + 1] * xt) / alpha[i + 1]
     return alpha[-1] * xt
 
 

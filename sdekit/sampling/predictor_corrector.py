@@ -37,7 +37,7 @@ from ..linear import VPSDE, LinearSDE
 from ..sde import ScoreFn
 from .grids import batch_time
 from .noise import NoiseSource
-from .registry import register
+from .registry import register, run_callback
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
 CORRECTORS = ("langevin", "ald", "none")
@@ -129,8 +129,7 @@ def predictor_corrector(
             else:
                 eps = 2 * c["r"][i] * (snr * c["sigma_s"][i]) ** 2
             x = x + eps * grad + torch.sqrt(2 * eps) * z
-        if callback is not None:
-            callback(i, x)
+        x = run_callback(callback, i, x)
     return x
 
 

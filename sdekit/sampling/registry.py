@@ -1,14 +1,19 @@
 """The sampler registry: each method declares its order and what it needs from the SDE.
 
-A sampler is a plain function ``fn(score, sde, x, ts, *, noise, **options) -> x`` that integrates from
-``ts[0]`` (the noisiest time) to ``ts[-1]`` on the given grid, calling ``score(x, t)`` (``t`` a ``(batch,)``
-tensor) and drawing Gaussian noise only through ``noise(x)`` (a :class:`~sdekit.sampling.noise.NoiseSource`).
+A sampler is a plain function ``fn(score, sde, x, ts, *, noise, callback=None, **options) -> x`` that
+integrates from ``ts[0]`` (the noisiest time) to ``ts[-1]`` on the given grid, calling ``score(x, t)``
+(``t`` a ``(batch,)`` tensor) and drawing Gaussian noise only through ``noise(x)`` (a
+:class:`~sdekit.sampling.noise.NoiseSource`). A fixed-grid method calls ``callback(i, x)`` after step
+``i`` with the state at ``ts[i + 1]`` (see :func:`run_callback`); a tensor it returns replaces the state,
+which is how an observation is imposed between steps (inpainting by replacement).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,23 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     default_grid: str = "uniform"
     paper: str = field(default="", compare=False)
+
+
+def run_callback(
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None, i: int, x: torch.Tensor
+) -> torch.Tensor:
+    """``callback(i, x)``'s replacement of the state ``x`` after step ``i``, or ``x`` itself."""
+    if callback is None:
+        return x
+    out = callback(i, x)
+    if out is None:
+        return x
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"callback must return None or a tensor shaped like the state {tuple(x.shape)}, got {got}"
+        )
+    return out.to(x.dtype)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
