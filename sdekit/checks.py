@@ -20,6 +20,14 @@ def _check_values(ok: torch.Tensor, message: str) -> None:
         torch._assert_async(ok.all(), message)
 
 
+def check_choice(name: str, value, allowed) -> str:
+    """``value`` must be one of ``allowed`` (e.g. the arguments of a ``Literal`` type)."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
 def check_positive(name: str, value: float) -> float:
     """A finite scalar strictly greater than zero."""
     if not (math.isfinite(value) and value > 0):

@@ -19,19 +19,21 @@ They are linked, for any :math:`\alpha, \sigma` (not only :math:`\alpha^2 + \sig
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
+from .checks import check_choice
 from .linear import LinearSDE
 from .sde import ScoreFn, broadcast_to_data
 
-PREDICTIONS = ("score", "eps", "x0", "v")
+#: what a network outputs
+Prediction = Literal["score", "eps", "x0", "v"]
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
 
 def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    return prediction
+    return check_choice("prediction", prediction, PREDICTIONS)
 
 
 def to_eps(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
@@ -61,6 +63,21 @@ def to_score(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
     if prediction == "score":
         return output
     return -to_eps(output, prediction, x, alpha, sigma) / sigma
+
+
+def from_score(score, prediction: str, x, alpha, sigma) -> torch.Tensor:
+    """The output a ``prediction`` network gives for the score ``score``: the inverse of
+    :func:`to_score`, for transforms that edit a model's output in score space."""
+    check_prediction(prediction)
+    if prediction == "score":
+        return score
+    eps = -sigma * score
+    if prediction == "eps":
+        return eps
+    x0 = (x - sigma * eps) / alpha
+    if prediction == "x0":
+        return x0
+    return alpha * eps - sigma * x0
 
 
 def target(prediction: str, x0, eps, alpha, sigma) -> torch.Tensor:

@@ -11,6 +11,7 @@ from sdekit.mixture import GaussianMixture
 from sdekit.parameterization import (
     PREDICTIONS,
     check_prediction,
+    from_score,
     score_fn,
     target,
     to_eps,
@@ -70,3 +71,17 @@ def test_unknown_prediction_raises():
         score_fn(lambda x, t: x, VPSDE(), "epsilon")
     with pytest.raises(ValueError, match="prediction must be one of"):
         target("x_0", torch.zeros(1), torch.zeros(1), 1.0, 1.0)
+
+
+@pytest.mark.parametrize("prediction", ["score", "eps", "x0", "v"])
+def test_from_score_inverts_to_score(prediction):
+    """from_score is the exact inverse of to_score for every prediction and (alpha, sigma)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    out = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    alpha = torch.rand(5, 1, generator=g, dtype=torch.float64) + 0.1
+    sigma = torch.rand(5, 1, generator=g, dtype=torch.float64) * 3 + 0.05
+    s = to_score(out, prediction, x, alpha, sigma)
+    torch.testing.assert_close(
+        from_score(s, prediction, x, alpha, sigma), out, rtol=1e-12, atol=1e-12
+    )
