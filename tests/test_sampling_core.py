@@ -328,7 +328,7 @@ def test_ddim_eta0_is_the_exponential_integrator_and_eta1_the_ddpm_posterior(nam
     score = MIX_2D.score_fn(sde)
     a_t, s_t, a_s, s_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
     x0 = (x + s_t**2 * score(x, t.expand(40))) / a_t
-    ddim = get_sampler("ddim").fn
+    ddim = get_sampler("ddim")
     # eta = 0, DPM-Solver-1: x_s = sigma_s/sigma_t x_t + (alpha_s - alpha_t sigma_s/sigma_t) x0
     out0 = ddim(score, sde, x, torch.cat([t, s]), noise=_FixedNoise(z), eta=0.0)
     torch.testing.assert_close(out0, s_s / s_t * x + (a_s - a_t * s_s / s_t) * x0)

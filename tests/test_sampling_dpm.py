@@ -178,7 +178,7 @@ def test_sde_variant_samples_have_the_right_marginal(method):
     sde, n = VPSDE(), 20_000
     x = sde.prior_sample((n, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     noise = NoiseSource(torch.Generator().manual_seed(1))
-    out = get_sampler(method).fn(gaussian_score(sde), sde, x, logsnr_grid(sde, 50), noise=noise)
+    out = get_sampler(method)(gaussian_score(sde), sde, x, logsnr_grid(sde, 50), noise=noise)
     alpha, sigma = float(sde.alpha(f64(sde.t_min))), float(sde.sigma(f64(sde.t_min)))
     var = alpha**2 * S**2 + sigma**2
     assert abs(float(out.mean()) - alpha * MU) < 4 * math.sqrt(var / n)
@@ -191,7 +191,7 @@ MIX_2D = GaussianMixture([0.5, 0.3, 0.2], [[-1.5, 0.0], [1.0, 1.0], [1.0, -1.5]]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_converges_to_a_1d_and_a_2d_mixture(method):
-    fn = get_sampler(method).fn
+    fn = get_sampler(method)
     for gm, sde, n, tol in [(MIX_1D, VPSDE(), 3000, 0.05), (MIX_2D, VESDE(), 1500, 0.06)]:
         target = gm.at(sde.t_min, sde)
         x = sde.prior_sample((n, gm.dim), generator=torch.Generator().manual_seed(0))
@@ -218,7 +218,7 @@ def test_finite_at_few_and_many_steps(sde_name):
         for method in METHODS:
             noise = NoiseSource(torch.Generator().manual_seed(1))
             grid = logsnr_grid(sde, steps)
-            out = get_sampler(method).fn(MIX_2D.score_fn(sde), sde, x, grid, noise=noise)
+            out = get_sampler(method)(MIX_2D.score_fn(sde), sde, x, grid, noise=noise)
             assert bool(torch.isfinite(out).all()), (method, steps)
 
 

@@ -51,7 +51,7 @@ def ddim(
     *,
     noise: NoiseSource,
     eta: float = 0.0,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """DDIM with stochasticity ``eta`` in [0, 1] over the decreasing grid ``ts``."""
     eta = check_probability("eta", eta)

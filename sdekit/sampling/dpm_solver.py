@@ -134,14 +134,16 @@ def dpmpp_multistep(
     eta: float = 0.0,
     noise: NoiseSource | None = None,
     lower_order_final: bool = True,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     r"""Multistep DPM-Solver++ of ``order`` 1, 2 or 3 with stochasticity ``eta`` (see the module).
 
     Integrates from ``ts[0]`` to ``ts[-1]`` on the decreasing float64 grid ``ts`` with one call of
     ``score(x, t)`` per step (at ``ts[0], ..., ts[-2]``). ``eta = 0`` solves the probability-flow
     ODE; ``eta > 0`` simulates the reverse SDE above, drawing noise from ``noise``.
-    ``callback(i, x)``, if given, sees the state at ``ts[i + 1]`` after each step.
+    ``callback(i, x)``, if given, sees the state at ``ts[i + 1]`` after each step and may replace
+    it. Registered as ``dpmpp_2m`` and ``dpmpp_3m`` (``eta = 0``) and ``dpmpp_2m_sde`` and
+    ``dpmpp_3m_sde`` (``eta = 1`` by default).
     """
     if not isinstance(sde, LinearSDE):
         raise ValueError(
@@ -175,125 +177,19 @@ def dpmpp_multistep(
 
 
 _PAPER = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095)"
-
-
-@register(
-    "dpmpp_2m",
-    aliases=("DPM++ 2M",),
-    order=2,
-    stochastic=False,
-    needs_marginal=True,
-    evals_per_step=1,
-    default_grid="logsnr",
-    paper=_PAPER + ", Alg. 2",
-)
-def dpmpp_2m(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    lower_order_final: bool = True,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """DPM-Solver++(2M) on the probability-flow ODE ("DPM++ 2M"); see :func:`dpmpp_multistep`."""
-    return dpmpp_multistep(
-        score, sde, x, ts, order=2, lower_order_final=lower_order_final, callback=callback
-    )
-
-
-@register(
-    "dpmpp_3m",
-    aliases=("DPM++ 3M",),
-    order=3,
-    stochastic=False,
-    needs_marginal=True,
-    evals_per_step=1,
-    default_grid="logsnr",
-    paper=_PAPER + ", third-order multistep",
-)
-def dpmpp_3m(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    lower_order_final: bool = True,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Third-order multistep DPM-Solver++ on the probability-flow ODE ("DPM++ 3M")."""
-    return dpmpp_multistep(
-        score, sde, x, ts, order=3, lower_order_final=lower_order_final, callback=callback
-    )
-
-
-@register(
-    "dpmpp_2m_sde",
-    aliases=("DPM++ 2M SDE",),
-    order=2,
-    stochastic=True,
-    needs_marginal=True,
-    evals_per_step=1,
-    default_grid="logsnr",
-    paper=_PAPER + ", SDE-DPM-Solver++(2M)",
-)
-def dpmpp_2m_sde(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    eta: float = 1.0,
-    lower_order_final: bool = True,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) ("DPM++ 2M SDE"): ``eta = 1`` is the reverse SDE, 0 the ODE."""
-    return dpmpp_multistep(
-        score,
-        sde,
-        x,
-        ts,
-        order=2,
-        eta=eta,
-        noise=noise,
-        lower_order_final=lower_order_final,
-        callback=callback,
-    )
-
-
-@register(
-    "dpmpp_3m_sde",
-    aliases=("DPM++ 3M SDE",),
-    order=3,
-    stochastic=True,
-    needs_marginal=True,
-    evals_per_step=1,
-    default_grid="logsnr",
-    paper=_PAPER + ", third-order multistep, SDE variant",
-)
-def dpmpp_3m_sde(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    eta: float = 1.0,
-    lower_order_final: bool = True,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Third-order multistep DPM-Solver++ on the reverse SDE ("DPM++ 3M SDE")."""
-    return dpmpp_multistep(
-        score,
-        sde,
-        x,
-        ts,
-        order=3,
-        eta=eta,
-        noise=noise,
-        lower_order_final=lower_order_final,
-        callback=callback,
-    )
+_FAMILY = {
+    "stochastic": False,
+    "needs_marginal": True,
+    "evals_per_step": 1,
+    "default_grid": "logsnr",
+}
+# The DPM-Solver++ family is one function; each member binds its order (and eta for the ODE ones).
+register("dpmpp_2m", aliases=("DPM++ 2M",), order=2, paper=_PAPER + ", Alg. 2",
+         fixed={"order": 2, "eta": 0.0}, **_FAMILY)(dpmpp_multistep)  # fmt: skip
+register("dpmpp_3m", aliases=("DPM++ 3M",), order=3, paper=_PAPER + ", third-order multistep",
+         fixed={"order": 3, "eta": 0.0}, **_FAMILY)(dpmpp_multistep)  # fmt: skip
+_SDE_FAMILY = {**_FAMILY, "stochastic": True, "defaults": {"eta": 1.0}}
+register("dpmpp_2m_sde", aliases=("DPM++ 2M SDE",), order=2, fixed={"order": 2},
+         paper=_PAPER + ", SDE-DPM-Solver++(2M)", **_SDE_FAMILY)(dpmpp_multistep)  # fmt: skip
+register("dpmpp_3m_sde", aliases=("DPM++ 3M SDE",), order=3, fixed={"order": 3},
+         paper=_PAPER + ", third-order multistep, SDE variant", **_SDE_FAMILY)(dpmpp_multistep)  # fmt: skip

@@ -26,8 +26,10 @@ from .registry import register, run_callback
 @register(
     "euler_maruyama",
     order=1,
+    strong_order=0.5,
     stochastic=True,
     needs_marginal=False,
+    noise_type="general",
     evals_per_step=1,
     aliases=("em",),
     paper="Song et al. 2021 (score SDE), eq. 6; Kloeden & Platen 1992",
@@ -39,7 +41,7 @@ def euler_maruyama(
     ts: torch.Tensor,
     *,
     noise: NoiseSource,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Euler–Maruyama on ``sde.reverse(score)`` over the decreasing grid ``ts``."""
     reverse = sde.reverse(score)

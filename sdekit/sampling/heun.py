@@ -42,19 +42,24 @@ from .noise import NoiseSource
 from .registry import register, run_callback
 
 
-def _karras(
+def karras_sampler(
     score: ScoreFn,
     sde: LinearSDE,
     x: torch.Tensor,
     ts: torch.Tensor,
+    *,
     noise: NoiseSource,
     second_order: bool,
-    S_churn: float,
-    S_tmin: float,
-    S_tmax: float,
-    S_noise: float,
-    callback: Callable[[int, torch.Tensor], None] | None,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = float("inf"),
+    S_noise: float = 1.0,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
+    """Karras et al.'s Alg. 2 with (``second_order``, "heun") or without ("euler") the correction.
+
+    ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise`` as in the paper (see the module).
+    """
     if not (math.isfinite(S_churn) and S_churn >= 0):
         raise ValueError(f"S_churn must be a finite number >= 0, got {S_churn}")
     if not (0 <= S_tmin <= S_tmax):
@@ -94,55 +99,9 @@ def _karras(
     return alpha[-1] * xt
 
 
-@register(
-    "heun",
-    order=2,
-    stochastic=False,
-    needs_marginal=True,
-    evals_per_step=2,
-    default_grid="edm",
-    paper="Karras et al. 2022 (EDM), Alg. 2",
-)
-def heun(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = float("inf"),
-    S_noise: float = 1.0,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Heun's second-order method with optional churn (Karras et al. 2022, Alg. 2)."""
-    args = (S_churn, S_tmin, S_tmax, S_noise, callback)
-    return _karras(score, sde, x, ts, noise, True, *args)
-
-
-@register(
-    "euler",
-    order=1,
-    stochastic=False,
-    needs_marginal=True,
-    evals_per_step=1,
-    default_grid="edm",
-    paper="Karras et al. 2022 (EDM), Alg. 2 without the correction",
-)
-def euler(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = float("inf"),
-    S_noise: float = 1.0,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Euler's method on the scaled probability-flow ODE, with optional churn."""
-    args = (S_churn, S_tmin, S_tmax, S_noise, callback)
-    return _karras(score, sde, x, ts, noise, False, *args)
+_PAPER = "Karras et al. 2022 (EDM), Alg. 2"
+_FAMILY = {"stochastic": False, "needs_marginal": True, "default_grid": "edm"}
+register("heun", order=2, evals_per_step=2, fixed={"second_order": True}, paper=_PAPER,
+         **_FAMILY)(karras_sampler)  # fmt: skip
+register("euler", order=1, evals_per_step=1, fixed={"second_order": False},
+         paper=_PAPER + " without the correction", **_FAMILY)(karras_sampler)  # fmt: skip

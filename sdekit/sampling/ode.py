@@ -31,6 +31,8 @@ ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
     stochastic=False,
     needs_marginal=False,
     evals_per_step=None,
+    noise_type="general",
+    observes_only=True,
     aliases=("probability_flow", "pf_ode"),
     paper="Song et al. 2021 (score SDE), eq. 13; Chen et al. 2018 (torchdiffeq)",
 )

@@ -87,7 +87,7 @@ def predictor_corrector(
     corrector: str = "langevin",
     snr: float = 0.16,
     n_corrector: int = 1,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Predictor–corrector sampling; ``n_corrector + 1`` score evaluations per step by default.
 
@@ -133,7 +133,8 @@ def predictor_corrector(
     return x
 
 
-@register(
+# Ancestral sampling is the predictor-only PC sampler with the "ancestral" predictor.
+register(
     "ancestral",
     order=1,
     stochastic=True,
@@ -141,17 +142,5 @@ def predictor_corrector(
     evals_per_step=1,
     aliases=("Euler a", "ddpm", "smld"),
     paper="Ho et al. 2020 (DDPM), Alg. 2; Song et al. 2021, eq. 47",
-)
-def ancestral(
-    score: ScoreFn,
-    sde: LinearSDE,
-    x: torch.Tensor,
-    ts: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-) -> torch.Tensor:
-    """Ancestral sampling: the predictor-only PC sampler with the ``"ancestral"`` predictor."""
-    return predictor_corrector(
-        score, sde, x, ts, noise=noise, predictor="ancestral", corrector="none", callback=callback
-    )
+    fixed={"predictor": "ancestral", "corrector": "none", "n_corrector": 0},
+)(predictor_corrector)
