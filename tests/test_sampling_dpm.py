@@ -79,7 +79,7 @@ def test_registered_with_their_contract():
         ("dpmpp_2m", 2, False),
         ("dpmpp_3m", 3, False),
         ("dpmpp_2m_sde", 2, True),
-        ("dpmpp_3m_sde", 3, True),
+        ("dpmpp_3m_sde", 2, True),  # weak order 2, measured in test_registry.py
     ]:
         spec = get_sampler(name)
         assert (spec.order, spec.stochastic, spec.needs_marginal) == (order, stochastic, True)

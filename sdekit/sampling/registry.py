@@ -121,7 +121,7 @@ class SamplerSpec:
             raise ValueError(
                 f"method {self.name!r} takes the options {sorted(allowed)}, got {unknown}{bound}"
             )
-        return self.fn(score, sde, x, ts, noise=noise, **self.fixed, **self.defaults, **options)
+        return self.fn(score, sde, x, ts, noise=noise, **self.fixed, **{**self.defaults, **options})
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}
