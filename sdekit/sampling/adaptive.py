@@ -188,8 +188,8 @@ def adaptive_sde(
         status = torch.stack([(t > t_end).any(), torch.isfinite(err).all(), overflow]).tolist()
         running, finite, overflowed = status
         if not finite:
-            raise ValueError(
-                "score returned NaN or inf: the error estimate of adaptive_sde is not finite"
+            raise FloatingPointError(
+                "the error estimate of adaptive_sde is not finite: the score returned NaN or inf"
             )
         if overflowed:
             raise RuntimeError(

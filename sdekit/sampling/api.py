@@ -294,7 +294,11 @@ def sample(
 
     if spec.step_callback is not None:
         options["callback"] = step_callback
-    x = spec(score, sde, x, ts, noise=NoiseSource(generator), **options)
+    try:
+        x = spec(score, sde, x, ts, noise=NoiseSource(generator), **options)
+    except FloatingPointError:  # a method that stopped on NaN: name the model evaluation
+        _check_result(x, score, bad_state, spec, ts.shape[0] - 1)
+        raise
 
     if denoise_final is None:
         denoise_final = spec.stochastic and linear
