@@ -86,3 +86,23 @@ def test_checks_on_gpu_do_not_sync_but_still_fail():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "good input passed" in done.stdout
     assert done.returncode != 0 and "bad input passed" not in done.stdout
+
+
+def test_finite_watch_names_the_first_bad_step_and_check_result_finite():
+    from sdekit.checks import FiniteWatch, check_result_finite
+
+    ts = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
+    watch = FiniteWatch("my sampler", ts, hint="check the model")
+    for i, value in enumerate([1.0, math.inf, math.nan, math.nan]):
+        watch.update(i, torch.tensor([[0.0, value]]))
+    with pytest.raises(
+        FloatingPointError, match=r"my sampler .* at step 1 of 4 \(t = 0.75 -> 0.5\); check the"
+    ):
+        watch.check()
+    clean = FiniteWatch("fine")
+    clean.update(0, torch.zeros(2, 2))
+    clean.check()
+    FiniteWatch("never updated").check()
+    check_result_finite("result", torch.zeros(3))
+    with pytest.raises(FloatingPointError, match=r"result is non-finite .*1 of 3 values"):
+        check_result_finite("result", torch.tensor([0.0, math.nan, 1.0]))
