@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .checks import check_positive
+from .checks import check_output, check_positive
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,6 +42,22 @@ def broadcast_to_data(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if v.shape == x.shape:
         return v
     return v.reshape(v.shape[0], *([1] * (x.ndim - 1)))
+
+
+def checked_drift(sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``sde.drift(x, t)``, which must be a tensor shaped like ``x`` (raises naming the SDE)."""
+    return check_output(f"{type(sde).__name__}.drift", sde.drift(x, t), x)
+
+
+def checked_diffusion(sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``sde.diffusion(x, t)``, which must be shaped ``(batch,)`` or like ``x``."""
+    name = f"{type(sde).__name__}.diffusion"
+    return check_output(name, sde.diffusion(x, t), x, per_sample_ok=True)
+
+
+def checked_score(score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``score_fn(x, t)`` (the model's score), which must be a tensor shaped like ``x``."""
+    return check_output("the score model (score_fn)", score_fn(x, t), x)
 
 
 class SDE(abc.ABC):
@@ -74,21 +90,26 @@ class SDE(abc.ABC):
 
     def diffusion_squared(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """:math:`GG^\\top` (diagonal), broadcastable against ``x``."""
-        return broadcast_to_data(self.diffusion(x, t), x) ** 2
+        return broadcast_to_data(checked_diffusion(self, x, t), x) ** 2
 
     def diffusion_divergence(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         r""":math:`[\nabla\cdot(GG^\top)]_i = \partial_{x_i} G_i^2` for a diagonal :math:`G`.
 
         Zero when the diffusion does not depend on ``x``; otherwise one autograd pass over
-        :math:`\sum_i G_i^2`, exact when :math:`G_i` depends on :math:`x_i` alone.
+        :math:`\sum_i G_i^2`, exact when :math:`G_i` depends on :math:`x_i` alone. When ``x`` is
+        itself part of a graph (``x.requires_grad``: the divergence of the probability-flow drift in
+        :func:`~sdekit.likelihood.log_likelihood`) the pass keeps its graph, so that the
+        second derivatives :math:`\partial^2_{x_i} G_i^2` of :math:`\nabla\cdot\tilde f` are
+        differentiated too rather than dropped.
         """
         with torch.enable_grad():
-            x_ = x.detach().requires_grad_(True)
-            G = self.diffusion(x_, t)
+            in_graph = x.requires_grad
+            x_ = x if in_graph else x.detach().requires_grad_(True)
+            G = checked_diffusion(self, x_, t)
             if G.shape != x.shape or not G.requires_grad:
                 return torch.zeros_like(x)
-            (div,) = torch.autograd.grad((G**2).sum(), x_)
-        return div
+            (div,) = torch.autograd.grad((G**2).sum(), x_, create_graph=in_graph, allow_unused=True)
+        return torch.zeros_like(x) if div is None else div
 
     def prior_sample(
         self,
@@ -129,13 +150,13 @@ class ReverseSDE(SDE):
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         fwd = self.forward
         return (
-            fwd.drift(x, t)
-            - fwd.diffusion_squared(x, t) * self.score_fn(x, t)
+            checked_drift(fwd, x, t)
+            - fwd.diffusion_squared(x, t) * checked_score(self.score_fn, x, t)
             - fwd.diffusion_divergence(x, t)
         )
 
     def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.forward.diffusion(x, t)
+        return checked_diffusion(self.forward, x, t)
 
     def prior_sample(self, shape, **kwargs) -> torch.Tensor:
         return self.forward.prior_sample(shape, **kwargs)
@@ -150,6 +171,15 @@ class ProbabilityFlowODE(nn.Module):
     (Song et al. 2021, eq. 13; App. D, eq. 18.) ``ode(t, x)`` follows torchdiffeq's convention: ``t`` a
     scalar tensor, broadcast over the batch. ``nfe`` counts calls of the drift (score evaluations).
     It is an ``nn.Module`` so that ``torchdiffeq.odeint_adjoint`` finds a score network's parameters.
+
+    ``ode(t, x)`` holds ``t`` in the SDE's domain :math:`[0, T]`, so that
+    ``torchdiffeq.odeint(ode, x_T, torch.tensor([T, t_min]))`` is safe: an adaptive torchdiffeq
+    solver asks for times outside the interval twice, in its first step-size probe (which ignores
+    ``step_t``; t = -9 under VP on centred data) and in a last step past the end time that it
+    interpolates back (t < 0 under VE). Those evaluations only steer the step size; for the score
+    model to see nothing outside ``[t_min, T]``, use ``sdekit.sample(..., method="ode")``, or pass
+    ``options={"step_t": ts[-1:], "first_step": h}`` with ``h`` from
+    :func:`sdekit.sampling.ode.initial_step`.
     """
 
     def __init__(self, sde: SDE, score_fn: ScoreFn):
@@ -162,12 +192,14 @@ class ProbabilityFlowODE(nn.Module):
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         sde = self.sde
-        return sde.drift(x, t) - 0.5 * (
-            sde.diffusion_squared(x, t) * self.score_fn(x, t) + sde.diffusion_divergence(x, t)
+        return checked_drift(sde, x, t) - 0.5 * (
+            sde.diffusion_squared(x, t) * checked_score(self.score_fn, x, t)
+            + sde.diffusion_divergence(x, t)
         )
 
     def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(t)
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = t.clamp(0.0, self.T)  # see the class docstring: solvers probe outside [0, T]
         return self.drift(x, t.to(x.dtype).expand(x.shape[0]))
