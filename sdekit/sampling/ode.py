@@ -6,9 +6,18 @@ method (Chen et al. 2018): an adaptive one (``"dopri5"``, the default, like scor
 tolerances 1e-5) or a fixed-step one (``"euler"``, ``"midpoint"``, ``"rk4"``, ...) stepping on the
 grid ``ts``.
 
-An adaptive solver may propose a step past the end time; on a VP SDE that is :math:`t < 0`, where
-the score is undefined. The end time is passed as torchdiffeq's ``step_t``, which shortens the step
-to land on it, so no stage is ever evaluated outside ``[ts[-1], ts[0]]``.
+The model is only ever called at times in ``[ts[-1], ts[0]]``. Two things could take an adaptive
+solver outside:
+
+- an accepted step past the end time, interpolated back (dense output). The end time is passed as
+  torchdiffeq's ``step_t``, which shortens the step to land on it;
+- torchdiffeq's initial step-size probe, which ignores ``step_t``: it evaluates the ODE at
+  :math:`t_0 \pm h_0` with :math:`h_0 = 0.01\,\lVert x\rVert/\lVert\dot x\rVert` (Hairer, Nørsett &
+  Wanner 1993, §II.4), and on centred data the probability-flow drift at :math:`T` is nearly zero
+  (VP: :math:`-\tfrac12\beta x + \tfrac12\beta x`), so :math:`h_0` can be hundreds of times the
+  interval. The first step is therefore chosen here by the same algorithm with :math:`h_0` and the
+  result capped at the interval length (as SciPy's ``solve_ivp`` does), and passed as
+  ``first_step``: one more model call than torchdiffeq's own choice, and no probe.
 """
 
 from __future__ import annotations
@@ -18,11 +27,55 @@ from collections.abc import Callable
 import torch
 from torchdiffeq import odeint
 
+from ..checks import NONFINITE_HINT, check_positive
 from ..sde import SDE, ScoreFn
 from .noise import NoiseSource
 from .registry import register
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+#: the order of each adaptive method's solution (torchdiffeq's ``order``); its error estimate is
+#: one lower
+ADAPTIVE_ORDER = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
+
+
+def _rms(v: torch.Tensor) -> torch.Tensor:
+    return v.pow(2).mean().sqrt()
+
+
+def initial_step(
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    *,
+    order: int,
+    rtol: float,
+    atol: float,
+) -> float:
+    r"""The first step of an adaptive solver from ``t0`` towards ``t1``, with every probe in between.
+
+    Hairer, Nørsett & Wanner (1993), §II.4 (the algorithm torchdiffeq and SciPy use), with
+    :math:`h_0` and the result capped at :math:`|t_1 - t_0|` as in SciPy's ``select_initial_step``:
+    :math:`d_0 = \lVert x/s\rVert`, :math:`d_1 = \lVert f_0/s\rVert` (RMS norms,
+    :math:`s = \mathrm{atol} + \mathrm{rtol}|x|`), :math:`h_0 = 0.01\,d_0/d_1`, one Euler probe
+    :math:`f_1 = f(t_0 + h_0, x + h_0 f_0)`, :math:`d_2 = \lVert (f_1 - f_0)/s\rVert / h_0` and
+    :math:`h = \min(100 h_0, (0.01/\max(d_1, d_2))^{1/(q + 1)})` with :math:`q` = ``order``, the
+    order of the method's error estimate (4 for dopri5). Two calls of ``func``.
+    """
+    interval = float((t1 - t0).abs())
+    direction = 1.0 if float(t1) > float(t0) else -1.0
+    f0 = func(t0, x)
+    scale = atol + rtol * x.abs()
+    d0, d1 = float(_rms(x / scale)), float(_rms(f0 / scale))
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, interval)
+    f1 = func(t0 + direction * h0, x + direction * h0 * f0)
+    d2 = float(_rms((f1 - f0) / scale)) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, 1e-3 * h0)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1, interval)
 
 
 @register(
@@ -54,12 +107,30 @@ def probability_flow(
         solver: a torchdiffeq method; adaptive ones (:data:`ADAPTIVE`) use ``rtol``/``atol`` and
             report their states at the grid times only, fixed-step ones step on the grid.
         rtol, atol: the adaptive solver's tolerances, > 0.
+
+    Raises ``FloatingPointError`` when the adaptive step size collapses (torchdiffeq's "underflow
+    in dt"), which a NaN or inf in the drift causes.
     """
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
     ode = sde.probability_flow(score)
-    options = {"step_t": ts[-1:]} if solver in ADAPTIVE else {}
-    xs = odeint(ode, x, ts, method=solver, rtol=rtol, atol=atol, options=options)
+    options = {}
+    if solver in ADAPTIVE:
+        first = initial_step(
+            ode, x, ts[0], ts[-1], order=ADAPTIVE_ORDER[solver] - 1, rtol=rtol, atol=atol
+        )
+        options = {"step_t": ts[-1:], "first_step": first}
+    try:
+        xs = odeint(ode, x, ts, method=solver, rtol=rtol, atol=atol, options=options)
+    except AssertionError as error:
+        if "underflow in dt" not in str(error):
+            raise
+        raise FloatingPointError(
+            f"the ODE solver {solver!r} could not take a step (its step size fell to {error}); "
+            f"the drift is likely NaN or inf: {NONFINITE_HINT}"
+        ) from None
     if callback is not None:
         for i in range(1, xs.shape[0]):
             callback(i - 1, xs[i])
