@@ -28,9 +28,11 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from .checks import check_finite, check_positive
+from .checks import NONFINITE_HINT, check_choice, check_float_input, check_output, check_positive
+from .linear import LinearSDE
 from .parameterization import check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
+from .sampling.ode import ADAPTIVE_ORDER, initial_step
 from .sde import SDE
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
@@ -111,10 +113,8 @@ def _per_sample_norm(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
 
 
 def _check_options(method, steps, divergence, probes, probe, t_min, T):
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("probe", probe, PROBES)
     if not (isinstance(probes, int) and probes >= 1):
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
     if divergence == "exact" and probes != 1:
@@ -135,6 +135,45 @@ def _check_options(method, steps, divergence, probes, probe, t_min, T):
             )
     if not 0 <= t_min < T:
         raise ValueError(f"t_min must lie in [0, T) = [0, {T}), got {t_min}")
+
+
+def _check_model(model, sde: SDE, prediction: str) -> None:
+    if isinstance(model, torch.nn.Module) and any(m.training for m in model.modules()):
+        raise ValueError(
+            "model is in training mode: dropout and batch statistics would make the ODE's drift "
+            "random (a different likelihood at every call) and couple the samples; call "
+            "model.eval() first (and model.train() to resume training)"
+        )
+    if prediction != "score" and not isinstance(sde, LinearSDE):
+        raise ValueError(
+            f"prediction={prediction!r} needs a LinearSDE's alpha and sigma to convert the model's "
+            f"output to a score, got {type(sde).__name__}; on a general SDE pass a score model "
+            "(prediction='score')"
+        )
+
+
+def _check_result(log_p, integral, x_T) -> None:
+    """Once, at the end: say which samples failed and which term made them fail."""
+    bad = ~torch.isfinite(log_p)
+    if not bool(bad.any()):
+        return
+    rows = bad.nonzero().flatten()
+    shown = rows[:8].tolist()
+    flow = ~torch.isfinite(x_T.flatten(1)).all(1) | ~torch.isfinite(integral)
+    if bool(flow[rows].any()):
+        why = (
+            "the ODE's end point x_T or the divergence integral is NaN or inf: the model returned "
+            f"NaN or inf along the flow, or the solve diverged; {NONFINITE_HINT}"
+        )
+    else:
+        why = (
+            "the ODE solve is finite but the prior log-density of its end point x_T is not: check "
+            "prior_log_prob, and that x_T lies in the prior's support"
+        )
+    raise FloatingPointError(
+        f"log_likelihood is non-finite for {len(rows)} of {log_p.shape[0]} samples "
+        f"(indices {shown}{', ...' if len(rows) > 8 else ''}): {why}"
+    )
 
 
 def log_likelihood(
@@ -170,11 +209,16 @@ def log_likelihood(
     tolerance means the same for every sample whatever the batch.
 
     Args:
-        model: ``model(x, t)`` predicting ``prediction``; for ``"score"`` any score function, e.g.
-            :meth:`sdekit.GaussianMixture.score_fn`. A network must be in eval mode: the ODE and
-            the divergence need a deterministic drift that treats samples independently.
-        sde: the forward SDE (a :class:`~sdekit.LinearSDE` unless ``prediction="score"``).
-        x: data, ``(batch, *data_shape)``, float32 or float64.
+        model: ``model(x, t)`` predicting ``prediction``, returning a tensor shaped like ``x``;
+            for ``"score"`` any score function, e.g. :meth:`sdekit.GaussianMixture.score_fn`. A
+            network (``nn.Module``) must be in eval mode, else ``ValueError``: the ODE and the
+            divergence need a deterministic drift that treats samples independently, so dropout
+            and batch norm must be off (``model.eval()``). The check sees an ``nn.Module`` only,
+            not a plain function that calls one.
+        sde: the forward SDE (a :class:`~sdekit.LinearSDE` unless ``prediction="score"``); with
+            a state-dependent diffusion the divergence includes the second derivatives
+            :math:`-\tfrac12\sum_i\partial_{x_i}^2 G_i^2` of :math:`\nabla\cdot\tilde f`.
+        x: data, ``(batch, *data_shape)`` with batch >= 1, float32 or float64, finite.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
         method: an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid
             one (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
@@ -195,25 +239,41 @@ def log_likelihood(
     Returns:
         ``(log_p, info)``: ``log_p`` of shape ``(batch,)`` and a :class:`LikelihoodInfo`.
 
-    The solver may try times just outside :math:`[t_0, T]` (torchdiffeq's initial step-size
-    probe); they are clamped to the interval, which the SDE's time domain requires. Accepted
-    steps never cross :math:`T` (it is passed as a step boundary), so no result depends on a
-    clamped evaluation except through the first step-size guess.
+    Raises:
+        FloatingPointError: when the result is not finite (checked once, at the end), naming the
+            samples and whether the flow or the prior failed; or when an adaptive solver's step
+            size collapses (a NaN or inf drift).
+
+    The model is called at times in :math:`[t_0, T]` only: an adaptive solver's first step is
+    chosen by :func:`sdekit.sampling.ode.initial_step` (two extra drift evaluations, counted in
+    ``info.nfe``) instead of torchdiffeq's probe, which can leave the interval, and :math:`T` is
+    a step boundary, so no accepted step crosses it.
     """
     check_prediction(prediction)
     t0 = sde.t_min if t_min is None else float(t_min)
     T = sde.T
     _check_options(method, steps, divergence, probes, probe, t0, T)
-    if x.ndim < 2 or x.dtype not in (torch.float32, torch.float64):
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"x must be a tensor of shape (batch, *data_shape) with batch >= 1, got {shape}"
+        )
+    if x.dtype not in (torch.float32, torch.float64):
         # the ODE state carries the schedule arithmetic and the log-density: never half precision
         raise ValueError(
-            f"x must be a float32 or float64 tensor of shape (batch, *data_shape), got {x.dtype} "
-            f"of shape {tuple(x.shape)}"
+            f"x must be a float32 or float64 tensor, got {x.dtype}; convert it with x.float() or "
+            "x.double()"
         )
+    check_float_input("x", x, fix="the likelihood of a NaN or inf point is undefined")
     check_positive("rtol", rtol)
     check_positive("atol", atol)
+    _check_model(model, sde, prediction)
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
-    ode = sde.probability_flow(score_fn(model, sde, prediction))
+
+    def checked_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return check_output("model", model(x_t, t), x_t)
+
+    ode = sde.probability_flow(score_fn(checked_model, sde, prediction))
 
     if divergence == "exact":
         drift_and_div = exact_divergence
@@ -225,24 +285,44 @@ def log_likelihood(
 
     def func(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         x_t = state[0]
+        # the clamp only absorbs round-off in t: no step leaves [t0, T] (see the docstring)
         t_batch = t.clamp(t0, T).to(x_t.dtype).expand(x_t.shape[0])
         return drift_and_div(ode.drift, x_t, t_batch)
 
     ts = torch.tensor([t0, T], dtype=x.dtype, device=x.device)
     if steps is None:
-        options = {"step_t": ts[1:], "norm": _per_sample_norm}
+        with torch.no_grad():
+            first = initial_step(
+                ode,
+                x.detach(),
+                ts[0],
+                ts[1],
+                order=ADAPTIVE_ORDER[method] - 1,
+                rtol=rtol,
+                atol=atol,
+            )
+        options = {"step_t": ts[1:], "norm": _per_sample_norm, "first_step": first}
     else:
         grid = torch.linspace(t0, T, steps + 1, dtype=x.dtype, device=x.device)
         options = {"grid_constructor": lambda *_: grid}
     state0 = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     with torch.no_grad():
-        xs, integrals = odeint(
-            func, state0, ts, method=method, rtol=rtol, atol=atol, options=options
-        )
+        try:
+            xs, integrals = odeint(
+                func, state0, ts, method=method, rtol=rtol, atol=atol, options=options
+            )
+        except AssertionError as error:
+            if "underflow in dt" not in str(error):
+                raise
+            raise FloatingPointError(
+                f"log_likelihood: the ODE solver {method!r} could not take a step (its step size "
+                f"fell to {error}); the drift or its divergence is likely NaN or inf: "
+                f"{NONFINITE_HINT}"
+            ) from None
     x_T, integral = xs[-1], integrals[-1]
     prior_term = prior(x_T)
     log_p = prior_term + integral
-    check_finite("log_likelihood", log_p)
+    _check_result(log_p, integral, x_T)
     return log_p, LikelihoodInfo(ode.nfe, prior_term, integral, x_T)
 
 
@@ -295,8 +375,7 @@ def bits_per_dim(
         ``(bpd, info)``: ``bpd`` of shape ``(batch,)`` and :func:`log_likelihood`'s info (in
         model space).
     """
-    if dequantize not in ("uniform", None):
-        raise ValueError(f"dequantize must be 'uniform' or None, got {dequantize!r}")
+    check_choice("dequantize", dequantize, ("uniform", None))
     if not (isinstance(levels, int) and levels >= 2):
         raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
     dtype = pixels.dtype if pixels.dtype == torch.float64 else torch.float32

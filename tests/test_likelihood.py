@@ -322,3 +322,170 @@ def test_runs_on_the_input_device():
         generator=torch.Generator("cuda").manual_seed(0),
     )
     assert log_p.device == x.device and info.x_T.device == x.device
+
+
+# --- state-dependent diffusions: the divergence includes -1/2 sum_i d^2(G_i^2)/dx_i^2 ----------
+
+
+class GeometricBrownianMotion(sdekit.SDE):
+    r""":math:`\mathrm{d}x = \mu x\,\mathrm{d}t + s x\,\mathrm{d}w` per coordinate, on :math:`x > 0`.
+
+    :math:`\log x_t = \log x_0 + (\mu - s^2/2)t + s w_t`, so a log-normal :math:`p_0` (log-mean
+    :math:`m_0`, log-variance :math:`v_0`) stays log-normal with :math:`m_t = m_0 + (\mu - s^2/2)t`,
+    :math:`v_t = v_0 + s^2 t`: :math:`\log p_t(x) = \sum_i -\frac{(\log x_i - m_t)^2}{2v_t}
+    - \tfrac12\log(2\pi v_t) - \log x_i` and :math:`\nabla\log p_t = -(\log x - m_t)/(v_t x) - 1/x`.
+    """
+
+    mu, s, m0, v0 = 0.3, 0.6, 0.2, 0.25
+
+    def drift(self, x, t):
+        return self.mu * x
+
+    def diffusion(self, x, t):
+        return self.s * x
+
+    def moments(self, t):
+        return self.m0 + (self.mu - self.s**2 / 2) * t, self.v0 + self.s**2 * t
+
+    def log_prob(self, x, t: float):
+        m, v = self.moments(t)
+        lx = x.log()
+        return (-0.5 * (lx - m) ** 2 / v - 0.5 * math.log(2 * math.pi * v) - lx).sum(1)
+
+    def score(self, x, t):
+        m, v = self.moments(t[:, None])
+        return -(x.log() - m) / (v * x) - 1 / x
+
+
+class Pearson(sdekit.SDE):
+    r""":math:`\mathrm{d}x = -3x\,\mathrm{d}t + \sqrt{1 + x^2}\,\mathrm{d}w`: zero stationary flux
+    :math:`fp = \tfrac12 (Dp)'` gives :math:`p \propto (1 + x^2)^{-4}` (normaliser
+    :math:`\int(1+x^2)^{-4} = 5\pi/16`), score :math:`-8x/(1 + x^2)`. Started there it stays there,
+    and its probability-flow drift :math:`-3x + 4x - x` vanishes: :math:`\log p` is the prior's."""
+
+    def drift(self, x, t):
+        return -3 * x
+
+    def diffusion(self, x, t):
+        return torch.sqrt(1 + x**2)
+
+    @staticmethod
+    def log_prob(x):
+        return (-4 * torch.log1p(x**2) - math.log(5 * math.pi / 16)).sum(1)
+
+    @staticmethod
+    def score(x, t):
+        return -8 * x / (1 + x**2)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_geometric_brownian_motion_matches_the_log_normal_density(divergence):
+    # Dropping d^2(G^2)/dx^2 = 2 s^2 makes every point s^2 T = 0.36 nats per coordinate too likely.
+    # The drift's Jacobian is diagonal, so Rademacher probes give the exact trace.
+    sde = GeometricBrownianMotion(T=1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.exp(sde.m0 + math.sqrt(sde.v0) * torch.randn(16, 2, generator=g, dtype=torch.float64))
+    log_p, _ = log_likelihood(
+        sde.score,
+        sde,
+        x,
+        t_min=0.0,
+        divergence=divergence,
+        prior_log_prob=lambda z: sde.log_prob(z, sde.T),
+    )
+    assert (log_p - sde.log_prob(x, 0.0)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_pearson_process_at_stationarity(divergence):
+    # The bug made it +1.0 nats (T = 1): -1/2 d^2(1 + x^2)/dx^2 = -1 per unit time left out.
+    sde = Pearson(T=1.0)
+    x = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+    log_p, _ = log_likelihood(
+        sde.score, sde, x, t_min=0.0, divergence=divergence, prior_log_prob=sde.log_prob
+    )
+    assert (log_p - sde.log_prob(x)).abs().max() < 1e-8
+
+
+# --- bad models and bad data ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output, error, match",
+    [
+        (lambda x: x[:, :1], ValueError, r"model must return a tensor of shape \(4, 2\)"),
+        (lambda x: (x, x), TypeError, "model must return a torch.Tensor.*not a tuple"),
+        (lambda x: x.numpy(), TypeError, "model must return a torch.Tensor.*numpy"),
+    ],
+    ids=["broadcastable", "tuple", "numpy"],
+)
+@pytest.mark.parametrize("prediction", ["score", "eps"])
+def test_a_model_output_of_the_wrong_kind_raises_naming_the_model(output, error, match, prediction):
+    sde = sdekit.VPSDE()
+    with pytest.raises(error, match=match):
+        log_likelihood(lambda x, t: output(x.detach()), sde, data(GM2, 4), prediction=prediction)
+
+
+def test_bad_data_raise_naming_x():
+    sde = sdekit.VPSDE()
+    x = data(GM2, 4)
+    with pytest.raises(ValueError, match="batch >= 1"):
+        log_likelihood(GM2.score_fn(sde), sde, x[:0])
+    bad = x.clone()
+    bad[1, 0] = math.nan
+    with pytest.raises(ValueError, match=r"x contains NaN or inf \(1 of 8 values\)"):
+        log_likelihood(GM2.score_fn(sde), sde, bad)
+    with pytest.raises(ValueError, match=r"float32 or float64.*x.float\(\)"):
+        log_likelihood(GM2.score_fn(sde), sde, torch.ones(4, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(method="rk4", steps=4)], ids=["dopri5", "rk4"])
+def test_a_non_finite_model_raises_instead_of_returning_nan(kwargs):
+    sde = sdekit.VPSDE()
+
+    def score(x, t):  # NaN for the second sample only, from t = 0.5 on
+        s = GM2.score(x, t, sde)
+        s[1] = torch.where(t[1] > 0.5, math.nan, s[1])
+        return s
+
+    with pytest.raises(FloatingPointError, match="could not take a step|1 of 4 samples"):
+        log_likelihood(score, sde, data(GM2, 4), **kwargs)
+
+
+def test_a_non_finite_prior_is_named():
+    sde = sdekit.VPSDE()
+    with pytest.raises(FloatingPointError, match="prior log-density"):
+        log_likelihood(
+            GM2.score_fn(sde), sde, data(GM2, 4), prior_log_prob=lambda z: -math.inf * z[:, 0]
+        )
+
+
+class _DropoutScore(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2)
+        )
+
+    def forward(self, x, t):
+        return self.net(x)
+
+
+def test_a_network_in_training_mode_is_refused():
+    # Documented choice: refuse (rather than switch to eval behind the caller's back).
+    torch.manual_seed(0)
+    net = _DropoutScore().double()
+    sde, x = sdekit.VPSDE(), data(GM2, 4)
+    kwargs = dict(method="euler", steps=4)
+    assert not torch.equal(net(x, None), net(x, None))  # in training mode the drift is random
+    with pytest.raises(ValueError, match=r"training mode.*model.eval\(\)"):
+        log_likelihood(net, sde, x, **kwargs)
+    net.eval()
+    first, _ = log_likelihood(net, sde, x, **kwargs)
+    second, _ = log_likelihood(net, sde, x, **kwargs)
+    assert torch.equal(first, second)
+
+
+def test_a_general_sde_needs_a_score_model():
+    with pytest.raises(ValueError, match="needs a LinearSDE.*prediction='score'"):
+        log_likelihood(Pearson.score, Pearson(), torch.zeros(2, 1), prediction="eps")
