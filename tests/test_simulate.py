@@ -7,6 +7,8 @@ discretization bias (stated per test, measured at several step counts).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -244,3 +246,55 @@ def test_broadcast_helper_used_for_scalar_g():
     out = simulate(sde, x0, torch.tensor([0.5, 0.6]), return_path=False)
     assert out.shape == x0.shape
     assert broadcast_to_data(torch.ones(2), x0).shape == (2, 1, 1, 1)
+
+
+def test_bad_start_raises_naming_x0():
+    sde, ts = VPSDE(), torch.tensor([0.1, 0.5])
+    with pytest.raises(
+        ValueError, match=r"x0 must be a floating-point tensor, got torch.int64.*x0.float\(\)"
+    ):
+        simulate(sde, torch.zeros(3, 2, dtype=torch.int64), ts)
+    with pytest.raises(ValueError, match=r"x0 contains NaN or inf \(1 of 6 values\)"):
+        simulate(sde, torch.tensor([[0.0, 1.0], [math.nan, 0.0], [0.0, 0.0]]), ts)
+    with pytest.raises(ValueError, match="batch >= 1"):
+        simulate(sde, torch.zeros(0, 2), ts)
+
+
+class BlowsUp(SDE):
+    """:math:`\\mathrm{d}x = x^3\\,\\mathrm{d}t`: explicit Euler from x = 2 with step 0.1 overflows
+    float32 in step 6, counted from 0 (2.8, 5.0, 17.5, 550, 1.7e7, 4.6e20, inf)."""
+
+    def drift(self, x, t):
+        return x**3
+
+    def diffusion(self, x, t):
+        return torch.zeros_like(t)
+
+
+@pytest.mark.parametrize("return_path", [True, False])
+def test_a_state_that_stops_being_finite_is_named_with_its_step(return_path):
+    x0 = torch.full((4, 1), 2.0)
+    ts = torch.linspace(0.0, 1.0, 11)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"simulate\(BlowsUp\) became non-finite .* step 6 of 10 \(t = 0.6 -> 0.7\); try smaller",
+    ):
+        simulate(BlowsUp(), x0, ts, return_path=return_path)
+
+
+@pytest.mark.parametrize(
+    "kind, error",
+    [("drift", ValueError), ("diffusion", ValueError), ("numpy", TypeError)],
+)
+def test_wrong_output_shapes_are_not_broadcast(kind, error):
+    class Wrong(SDE):
+        def drift(self, x, t):
+            return x[:, :1] if kind == "drift" else -x
+
+        def diffusion(self, x, t):
+            if kind == "numpy":
+                return np.ones(x.shape[0])
+            return torch.ones_like(x[:, :1]) if kind == "diffusion" else torch.ones_like(t)
+
+    with pytest.raises(error, match=f"Wrong.{'drift' if kind == 'drift' else 'diffusion'} must"):
+        simulate(Wrong(), torch.zeros(3, 2), torch.tensor([0.0, 0.5]))
