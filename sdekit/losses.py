@@ -63,21 +63,16 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_batch_time, check_positive
+from .checks import check_batch_time, check_choice, check_float_input, check_output, check_positive
 from .linear import LinearSDE
 from .parameterization import PREDICTIONS, target
+from .sampling.registry import SAMPLERS
 from .sde import broadcast_to_data
 
 LOSS_PREDICTIONS = (*PREDICTIONS, "edm")
 WEIGHTINGS = ("default", "sigma2", "likelihood", "edm", "none")
 T_SAMPLINGS = ("uniform", "importance", "lognormal")
 _DEFAULT_WEIGHTING = {"score": "sigma2", "eps": "sigma2", "x0": "none", "v": "none", "edm": "edm"}
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 class DenoisingScoreMatching:
@@ -110,12 +105,17 @@ class DenoisingScoreMatching:
         p_std: float = 1.2,
     ):
         if not isinstance(sde, LinearSDE):
-            raise ValueError(f"sde must be a LinearSDE, got {type(sde).__name__}")
+            general = sorted(name for name, spec in SAMPLERS.items() if not spec.needs_marginal)
+            raise ValueError(
+                f"sde must be a LinearSDE, got {type(sde).__name__}: denoising score matching "
+                "needs the closed-form marginal x_t = alpha(t) x0 + sigma(t) eps. A general SDE "
+                f"works with simulate, log_likelihood (a score model) and the samplers {general}"
+            )
         self.sde = sde
-        self.prediction = _choice("prediction", prediction, LOSS_PREDICTIONS)
-        weighting = _choice("weighting", weighting, WEIGHTINGS)
+        self.prediction = check_choice("prediction", prediction, LOSS_PREDICTIONS)
+        weighting = check_choice("weighting", weighting, WEIGHTINGS)
         self.weighting = _DEFAULT_WEIGHTING[prediction] if weighting == "default" else weighting
-        self.t_sampling = _choice("t_sampling", t_sampling, T_SAMPLINGS)
+        self.t_sampling = check_choice("t_sampling", t_sampling, T_SAMPLINGS)
         self.sigma_data = check_positive("sigma_data", sigma_data)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
@@ -203,8 +203,13 @@ class DenoisingScoreMatching:
     ) -> torch.Tensor:
         r""":math:`\lambda(t)\lVert s_\theta - \nabla\log p_{t|0}\rVert^2` at given ``t``.
 
-        Returns ``(batch,)``.
+        Returns ``(batch,)``. The model must return a tensor shaped like ``x0`` (never
+        broadcast).
         """
+        _check_data(x0)
+        return self._per_sample(model, x0, t, noise, labels)
+
+    def _per_sample(self, model, x0, t, noise, labels) -> torch.Tensor:
         check_batch_time(t, x0)
         # coefficients in float64, elementwise work in the data's precision (at least float32)
         dtype = torch.promote_types(x0.dtype, torch.float32)
@@ -213,7 +218,7 @@ class DenoisingScoreMatching:
         )
         x_t = (alpha * x0 + sigma * noise).to(x0.dtype)
         args = () if labels is None else (labels,)
-        out = model(x_t, t, *args)
+        out = check_output("model", model(x_t, t, *args), x_t)
         prediction = "x0" if self.prediction == "edm" else self.prediction
         y = target(prediction, x0, noise, alpha, sigma)
         err = (out.to(dtype) - y.to(dtype)).square().flatten(1).sum(1)
@@ -227,9 +232,26 @@ class DenoisingScoreMatching:
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The scalar loss: batch mean of the per-sample loss at sampled ``t`` and noise."""
+        """The scalar loss: batch mean of the per-sample loss at sampled ``t`` and noise.
+
+        ``x0`` must be a non-empty, finite, floating-point batch: NaN or inf data raise a
+        ``ValueError`` naming ``x0`` here, rather than a NaN loss later (the check is enqueued
+        without a host sync on an accelerator).
+        """
+        _check_data(x0)
         time_dtype = torch.promote_types(x0.dtype, torch.float32)
         t, w = self.sample_t(x0.shape[0], device=x0.device, dtype=time_dtype, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        per = self.per_sample(model, x0, t, noise, labels)
+        per = self._per_sample(model, x0, t, noise, labels)
         return (w.to(per.dtype) * per).mean()
+
+
+def _check_data(x0: torch.Tensor) -> None:
+    if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or x0.shape[0] == 0:
+        shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise ValueError(
+            f"x0 must be a batch of data (batch, *data_shape) with batch >= 1, got {shape}"
+        )
+    check_float_input(
+        "x0", x0, fix="the training data must be finite: check the data set and its scaling"
+    )

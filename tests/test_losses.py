@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from sdekit.linear import EDMSDE, VESDE, VPSDE
+from sdekit.linear import EDMSDE, OUSDE, VESDE, VPSDE
 from sdekit.losses import DenoisingScoreMatching
 from sdekit.mixture import GaussianMixture
 from sdekit.networks import MLP, EDMPrecond
@@ -214,6 +214,56 @@ def test_importance_sampling_is_unbiased_and_reduces_variance(weighting):
         assert abs(float(v.mean()) - exact) < 4 * float(v.std()) / math.sqrt(n)
     if weighting == "likelihood":  # the proposal's purpose: the weight g^2/sigma^2 is flattened
         assert float(values["importance"].std()) < 0.5 * float(values["uniform"].std())
+
+
+@pytest.mark.parametrize("weighting", ["likelihood", "sigma2"])
+def test_importance_sampling_is_unbiased_on_a_horizon_other_than_one(weighting):
+    # OU with T = 3: the weight 1/((T - t_min) q(t)) carries a factor 1/3 that T = 1 cannot see.
+    # alpha^2 = e^{-2 theta t}, sigma^2 = g^2 (1 - e^{-2 theta t}) / (2 theta), by hand.
+    theta, g, T = 0.7, 1.3, 3.0
+    sde = OUSDE(theta, g, T=T)
+    model = as_prediction(GAUSS.score_fn(sde), "eps", sde)
+    n = 20_000
+    gen = torch.Generator().manual_seed(12)
+    x0 = GAUSS.sample(n, generator=gen)
+
+    def integrand(t):
+        a2, s2 = math.exp(-2 * theta * t), g**2 * -math.expm1(-2 * theta * t) / (2 * theta)
+        lam = g**2 if weighting == "likelihood" else s2
+        return lam * 2 * (1 / s2 - 1 / (a2 * S0**2 + s2))
+
+    exact = integrate.quad(integrand, sde.t_min, T, limit=200, points=[0.01, 0.1])[0] / (
+        T - sde.t_min
+    )
+    loss = DenoisingScoreMatching(sde, "eps", weighting, "importance")
+    t, w = loss.sample_t(n, dtype=torch.float64, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    v = w * loss.per_sample(model, x0, t, noise)
+    assert abs(float(v.mean()) - exact) < 4 * float(v.std()) / math.sqrt(n)
+    assert float(v.std()) / math.sqrt(n) < 0.05 * exact  # power to see a factor 3
+
+
+def test_bad_data_and_bad_model_outputs_raise():
+    sde = VPSDE()
+    loss = DenoisingScoreMatching(sde, "eps")
+    x0 = torch.randn(4, 2)
+    nan = x0.clone()
+    nan[2, 1] = math.inf
+    model = MLP(dim=2, hidden=8, depth=1)
+    with pytest.raises(
+        ValueError, match=r"x0 contains NaN or inf \(1 of 8 values\).*training data"
+    ):
+        loss(model, nan)
+    with pytest.raises(ValueError, match="batch >= 1"):
+        loss(model, x0[:0])
+    with pytest.raises(ValueError, match=r"x0 must be a floating-point tensor.*x0.float\(\)"):
+        loss(model, torch.ones(4, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"model must return a tensor of shape \(4, 2\)"):
+        loss(lambda x, t: x[:, :1], x0)
+    with pytest.raises(TypeError, match="model must return a torch.Tensor"):
+        loss(lambda x, t: (x,), x0)
+    with pytest.raises(ValueError, match="x0 contains NaN"):
+        loss.per_sample(model, nan, torch.full((4,), 0.5), torch.randn(4, 2))
 
 
 def test_call_is_the_weighted_batch_mean_of_per_sample():
