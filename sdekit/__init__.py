@@ -1,6 +1,6 @@
 """sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
 
-from . import networks, sampling
+from . import metrics, networks, sampling
 from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
 from .fokker_planck import fokker_planck_residual, solve_fokker_planck
 from .likelihood import bits_per_dim, log_likelihood
@@ -39,6 +39,7 @@ __all__ = [
     "broadcast_to_data",
     "sampling",
     "networks",
+    "metrics",
     "DenoisingScoreMatching",
     "TrainConfig",
     "Trainer",

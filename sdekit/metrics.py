@@ -5,13 +5,31 @@ In 1D the Wasserstein-1 distance is :math:`W_1(\mu, \nu) = \int |F_\mu(x) - F_\n
 and :math:`F` on a fine grid. The sliced :math:`W_1` averages the 1D distance over random unit
 directions :math:`v` (Bonneel et al. 2015); for a :class:`~sdekit.GaussianMixture` each projection is an
 exact 1D mixture, so no reference sample is needed.
+
+Samples must be finite: a NaN or inf raises ``ValueError`` (instead of returning a NaN distance).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .checks import check_float_input
 from .mixture import GaussianMixture
+
+
+def _check_samples(samples: torch.Tensor) -> torch.Tensor:
+    """At least one sample, all finite: a distance of NaN samples would be NaN."""
+    if not isinstance(samples, torch.Tensor) or samples.numel() == 0:
+        got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+        raise ValueError(f"samples must be a non-empty tensor, got {got}")
+    samples = samples.detach()
+    if not samples.is_floating_point():  # integers are finite; the distance works in float64
+        return samples
+    return check_float_input(
+        "samples",
+        samples,
+        fix="a distance to non-finite samples is undefined; find where the sampler diverged",
+    )
 
 
 def w1_to_cdf(samples: torch.Tensor, cdf, lo: float, hi: float, points: int = 20001) -> float:
@@ -22,7 +40,7 @@ def w1_to_cdf(samples: torch.Tensor, cdf, lo: float, hi: float, points: int = 20
     """
     if points < 2 or not lo < hi:
         raise ValueError(f"need points >= 2 and lo < hi, got points={points}, lo={lo}, hi={hi}")
-    s = torch.sort(samples.detach().reshape(-1).to(torch.float64)).values
+    s = torch.sort(_check_samples(samples).reshape(-1).to(torch.float64)).values
     grid = torch.linspace(lo, hi, points, dtype=torch.float64, device=s.device)
     empirical = torch.searchsorted(s, grid, right=True).to(torch.float64) / s.numel()
     return float(torch.trapezoid((empirical - cdf(grid)).abs(), grid))
@@ -61,7 +79,7 @@ def _sliced(samples, target: GaussianMixture, v: torch.Tensor, points: int) -> f
     """Mean over the rows of ``v`` of W1 between the projected samples and projected mixture."""
     if points < 2:
         raise ValueError(f"points must be >= 2, got {points}")
-    x = samples.detach().to(torch.float64)
+    x = _check_samples(samples).to(torch.float64)
     v = v.to(x.device)
     proj = torch.sort((x @ v.T).T.contiguous(), dim=1).values  # (directions, n)
     means = target.means.to(x.device) @ v.T  # (components, directions)

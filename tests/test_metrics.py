@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -63,3 +65,25 @@ def test_bad_input():
     gm = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
     with pytest.raises(ValueError, match=r"samples must be \(n, 2\)"):
         sliced_w1(torch.zeros(5, 3), gm)
+
+
+def test_non_finite_or_empty_samples_raise_instead_of_a_nan_distance():
+    gm1 = GaussianMixture([1.0], [0.0], 1.0)
+    gm2 = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
+    x = torch.zeros(5, 2)
+    x[3, 1] = math.nan
+    with pytest.raises(ValueError, match=r"samples contains NaN or inf \(1 of 10 values\)"):
+        sliced_w1(x, gm2)
+    with pytest.raises(ValueError, match="samples contains NaN or inf"):
+        w1_to_mixture(x[:, 1], gm1)
+    with pytest.raises(ValueError, match="samples contains NaN or inf"):
+        w1_to_cdf(x[:, 1] * math.inf, _normal_cdf(0, 1), -1.0, 1.0)
+    with pytest.raises(ValueError, match="samples must be a non-empty tensor"):
+        w1_to_mixture(torch.zeros(0), gm1)
+
+
+def test_metrics_is_reachable_from_the_package():
+    # README: `import sdekit; sdekit.metrics.sliced_w1(...)`, in a fresh interpreter
+    code = "import sdekit; print(sdekit.metrics.sliced_w1.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "sliced_w1"
