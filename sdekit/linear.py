@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .checks import check_less, check_positive, check_time
+from .checks import check_less, check_positive, check_time, check_time_tensor
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
 from .sde import SDE, broadcast_to_data
 
@@ -103,8 +103,12 @@ class LinearSDE(SDE):
         return torch.zeros_like(x)
 
     def marginal(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""``(alpha, sigma)``: :math:`x_t \mid x_0 \sim \mathcal N(\alpha(t) x_0, \sigma(t)^2 I)`."""
-        check_time(t, self.T)
+        r"""``(alpha, sigma)``: :math:`x_t \mid x_0 \sim \mathcal N(\alpha(t) x_0, \sigma(t)^2 I)`.
+
+        ``t`` is a ``(batch,)`` tensor in :math:`[0, T]`; a Python float raises ``TypeError`` (the
+        schedules compute on tensors, in ``t``'s dtype and on its device).
+        """
+        check_time(check_time_tensor("t", t), self.T)
         return self.alpha(t), self.sigma(t)
 
     def perturb(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -118,8 +122,8 @@ class LinearSDE(SDE):
 
     def transition(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(alpha_ts, sigma_ts)`` of the kernel :math:`x_t \mid x_s`, for :math:`s \le t`."""
-        check_time(s, self.T, "s")
-        check_time(t, self.T, "t")
+        check_time(check_time_tensor("s", s), self.T, "s")
+        check_time(check_time_tensor("t", t), self.T, "t")
         if s.device.type == "cpu" and bool((s > t).any()):
             raise ValueError("s must be <= t elementwise for the forward transition kernel")
         alpha_ts = torch.exp(self.log_alpha(t) - self.log_alpha(s))

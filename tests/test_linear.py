@@ -348,3 +348,14 @@ def test_perturb_noise_shape_mismatch_raises():
     sde = VPSDE()
     with pytest.raises(ValueError, match="noise must have the shape of x0"):
         sde.perturb(torch.zeros(2, 3), torch.full((2,), 0.5), torch.zeros(2, 4))
+
+
+def test_a_python_float_time_raises_naming_t():
+    # Documented choice: times are (batch,) tensors everywhere; a float is refused, not guessed at.
+    sde = VPSDE()
+    with pytest.raises(TypeError, match=r"t must be a \(batch,\) tensor of times, got float 0.5"):
+        sde.marginal(0.5)
+    with pytest.raises(TypeError, match=r"s must be a \(batch,\) tensor"):
+        sde.transition(0.1, torch.full((2,), 0.5))
+    with pytest.raises(TypeError, match=r"t must be a \(batch,\) tensor"):
+        sde.perturb(torch.zeros(2, 3), 0.5, torch.zeros(2, 3))
