@@ -119,11 +119,12 @@ def _check_options(method, steps, divergence, probes, probe, t_min, T):
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
     if divergence == "exact" and probes != 1:
         raise ValueError(f"probes applies to divergence='hutchinson' only, got probes={probes}")
+    check_choice("method", method, (*ADAPTIVE_METHODS, *FIXED_GRID_METHODS))
     if steps is None:
         if method not in ADAPTIVE_METHODS:
             raise ValueError(
-                f"method must be one of {ADAPTIVE_METHODS} (or one of {FIXED_GRID_METHODS} "
-                f"together with steps), got {method!r}"
+                f"method={method!r} steps on a fixed grid: give steps (an integer >= 1), or use "
+                f"an adaptive method, one of {ADAPTIVE_METHODS}"
             )
     else:
         if not (isinstance(steps, int) and steps >= 1):
