@@ -29,6 +29,7 @@ import torch
 from torchdiffeq import odeint
 
 from .checks import NONFINITE_HINT, check_choice, check_float_input, check_output, check_positive
+from .conditioning import Cond, call_model, check_cond
 from .linear import LinearSDE
 from .parameterization import check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
@@ -193,6 +194,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     t_min: float | None = None,
+    cond: Cond = None,
 ) -> tuple[torch.Tensor, LikelihoodInfo]:
     r""":math:`\log p_{t_0}(x)` of the model's probability-flow ODE, shape ``(batch,)``, in nats.
 
@@ -236,6 +238,8 @@ def log_likelihood(
             to ``sde.prior_log_prob``. Pass the exact :math:`p_T` to remove the prior mismatch.
         t_min: the start time :math:`t_0` in :math:`[0, T)`; defaults to ``sde.t_min``. The result
             is the log-density of the model's :math:`p_{t_0}`.
+        cond: the condition of a conditional model (see :mod:`sdekit.conditioning`), passed as
+            ``model(x, t, cond)``: the result is then :math:`\log p_{t_0}(x \mid \text{cond})`.
 
     Returns:
         ``(log_p, info)``: ``log_p`` of shape ``(batch,)`` and a :class:`LikelihoodInfo`.
@@ -271,8 +275,10 @@ def log_likelihood(
     _check_model(model, sde, prediction)
     prior = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
 
+    check_cond(cond, x.shape[0])
+
     def checked_model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return check_output("model", model(x_t, t), x_t)
+        return check_output("model", call_model(model, x_t, t, cond), x_t)
 
     ode = sde.probability_flow(score_fn(checked_model, sde, prediction))
 

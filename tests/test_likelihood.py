@@ -489,3 +489,37 @@ def test_a_network_in_training_mode_is_refused():
 def test_a_general_sde_needs_a_score_model():
     with pytest.raises(ValueError, match="needs a LinearSDE.*prediction='score'"):
         log_likelihood(Pearson.score, Pearson(), torch.zeros(2, 1), prediction="eps")
+
+
+def test_a_condition_reaches_the_model_and_gives_the_class_conditional_density():
+    """With cond = a component index, the model is that component's exact score: the result is
+    the exact log-density of the component (a Gaussian), not of the mixture."""
+    from sdekit import VPSDE, GaussianMixture
+
+    sde = VPSDE()
+    components = [
+        GaussianMixture([1.0], [[-1.0, 0.5]], 0.4),
+        GaussianMixture([1.0], [[1.5, 0.0]], 0.6),
+    ]
+
+    def model(x, t, cond):
+        scores = [c.score(x, t, sde) for c in components]
+        return torch.where(cond[:, None] == 0, scores[0], scores[1])
+
+    x = torch.tensor([[-1.0, 0.4], [1.2, 0.1], [0.0, 0.0]], dtype=torch.float64)
+    cond = torch.tensor([0, 1, 1])
+    t0 = torch.full((3,), sde.t_min, dtype=torch.float64)
+    exact = torch.where(
+        cond == 0, components[0].log_prob(x, t0, sde), components[1].log_prob(x, t0, sde)
+    )
+
+    def prior(x_T):
+        T = torch.full((3,), sde.T, dtype=torch.float64)
+        return torch.where(
+            cond == 0, components[0].log_prob(x_T, T, sde), components[1].log_prob(x_T, T, sde)
+        )
+
+    log_p, _ = log_likelihood(model, sde, x, cond=cond, prior_log_prob=prior, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(log_p, exact, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="cond must have the batch size 3"):
+        log_likelihood(model, sde, x, cond=torch.tensor([0, 1]))

@@ -72,21 +72,23 @@ def test_a_general_sde_lists_the_methods_that_work():
 
 
 @pytest.mark.parametrize(
-    "output, message",
+    "output, error, message",
     [
-        (lambda x: x[:, :1], r"shaped like x \(4, 2\), got shape \(4, 1\)"),
-        (lambda x: (x,), "got tuple"),
-        (lambda x: x.numpy(), "got ndarray"),
-        (lambda x: x.flatten(), r"got shape \(8,\)"),
+        (lambda x: x[:, :1], ValueError, r"of shape \(4, 2\) \(like x\), got \(4, 1\)"),
+        (lambda x: (x,), TypeError, "got tuple: return the tensor itself"),
+        (lambda x: x.numpy(), TypeError, "got numpy.ndarray"),
+        (lambda x: x.flatten(), ValueError, r"got \(8,\)"),
     ],
 )
 @pytest.mark.parametrize("method", ["dpmpp_2m", "euler_maruyama", "ode", "adaptive_sde"])
-def test_a_model_output_of_the_wrong_type_or_shape_raises(output, message, method):
-    with pytest.raises(ValueError, match=message):
+def test_a_model_output_of_the_wrong_type_or_shape_raises(output, error, message, method):
+    with pytest.raises(error, match=message):
         sdekit.sample(lambda x, t: output(x), SDE, torch.zeros(4, 2), method=method, steps=3)
 
 
-@pytest.mark.parametrize("method", ["dpmpp_2m", "euler_maruyama", "heun", "pc", "adaptive_sde"])
+@pytest.mark.parametrize(
+    "method", ["dpmpp_2m", "euler_maruyama", "heun", "pc", "adaptive_sde", "ode"]
+)
 def test_a_model_that_returns_nan_is_named_at_its_evaluation(method):
     calls = []
 
@@ -134,7 +136,7 @@ def test_the_condition_is_passed_unchanged_and_checked():
         return SCORE(x, t)
 
     labels = torch.arange(4)
-    for method in ["dpmpp_2m", "heun", "adaptive_sde", "pc"]:
+    for method in ["dpmpp_2m", "heun", "adaptive_sde", "pc", "ode"]:
         seen.clear()
         sdekit.sample(model, SDE, (4, 2), method=method, steps=3, cond=labels)
         assert seen and all(c is labels for c in seen)
@@ -181,8 +183,10 @@ def test_a_callback_is_refused_where_it_cannot_replace_the_state():
         sdekit.sample(SCORE, SDE, (4, 2), method="adaptive_sde", return_trajectory=True)
     with pytest.raises(ValueError, match="callback must return None or a tensor shaped like"):
         sdekit.sample(SCORE, SDE, (4, 2), steps=2, callback=lambda i, x: x[:1])
+    x, info = sdekit.sample(SCORE, SDE, (4, 2), method="ode", return_trajectory=True, steps=3)
+    assert info.trajectory.shape == (4, 4, 2)
 
 
 def test_numpy_scores_and_lists_are_not_silently_accepted():
-    with pytest.raises(ValueError, match="got ndarray"):
+    with pytest.raises(TypeError, match="got numpy.ndarray"):
         sdekit.sample(lambda x, t: np.zeros((4, 2)), SDE, torch.zeros(4, 2))

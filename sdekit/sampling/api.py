@@ -10,8 +10,8 @@ App. G "denoising"):
 
 Bad numbers never pass silently, at no host synchronisation per step: :math:`x_T` is checked once
 before the first step, each model output and each state are reduced to a "first non-finite" index
-kept on the device, and that index is read once at the end; a failure raises naming the first
-model evaluation or step that went wrong.
+kept on the device (:class:`~sdekit.checks.FiniteWatch`), and those are read once at the end; a
+failure raises naming the first model evaluation or step that went wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import FiniteWatch, check_output
 from ..conditioning import Cond, call_model, check_cond
 from ..linear import LinearSDE
 from ..parameterization import check_prediction, score_fn
@@ -51,42 +52,25 @@ class SampleInfo:
     method: str
 
 
-class _FirstNonFinite:
-    """The index of the first recorded tensor holding NaN or inf (-1: none), kept on the device."""
-
-    def __init__(self, device: torch.device):
-        self.index = torch.full((), -1, dtype=torch.long, device=device)
-
-    def record(self, k: int, value: torch.Tensor) -> None:
-        bad = (self.index < 0) & ~torch.isfinite(value).all()
-        self.index = torch.where(bad, torch.full_like(self.index, k), self.index)
-
-
 class _CountingScore:
     """Score function around a model: counts calls (a Python int, no host sync), checks the first
     output's type and shape, records non-finite outputs, and hands the output back in the dtype
     of ``x``, so a network may compute in bf16 while the sampler's state and schedule arithmetic
     stay in float32/64."""
 
-    def __init__(self, model: Callable, sde: SDE, prediction: str, cond: Cond, device):
+    def __init__(self, model: Callable, sde: SDE, prediction: str, cond: Cond):
         self.nfe = 0
         self._model = model
         self._cond = cond
         self._score = score_fn(self._cast_model, sde, prediction) if prediction != "score" else None
-        self.bad_output = _FirstNonFinite(device)
+        self.bad_output = FiniteWatch("the model output")
         self.times: list[torch.Tensor] = []
 
     def _cast_model(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = call_model(self._model, x, t, self._cond)
-        if self.nfe == 0 and not (isinstance(out, torch.Tensor) and out.shape == x.shape):
-            got = (
-                f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-            )
-            raise ValueError(
-                f"model must return a tensor shaped like x {tuple(x.shape)}, got {got} "
-                "(a (batch, 1) output for (batch, d) data would be broadcast into wrong samples)"
-            )
-        self.bad_output.record(self.nfe, out)
+        if self.nfe == 0:
+            check_output("model", out, x)
+        self.bad_output.update(self.nfe, out)
         self.times.append(t[:1])
         self.nfe += 1
         return out.to(x.dtype)
@@ -170,11 +154,11 @@ def _check_method(spec: SamplerSpec, sde: SDE, x: torch.Tensor) -> None:
         )
 
 
-def _check_result(x: torch.Tensor, score: _CountingScore, bad_state: _FirstNonFinite, spec, steps):
+def _check_result(x: torch.Tensor, score: _CountingScore, bad_state: FiniteWatch, spec, steps):
+    none = torch.full((), -1, dtype=torch.int64, device=x.device)
+    firsts = [w.first if w.first is not None else none for w in (score.bad_output, bad_state)]
     # one host synchronisation for the whole run
-    finite, bad_eval, bad_step = torch.stack(
-        [torch.isfinite(x).all().long(), score.bad_output.index, bad_state.index]
-    ).tolist()
+    finite, bad_eval, bad_step = torch.stack([torch.isfinite(x).all().long(), *firsts]).tolist()
     if bad_eval >= 0:
         t = float(score.times[bad_eval])
         raise FloatingPointError(
@@ -271,7 +255,7 @@ def sample(
             model = torch.compile(model)
         else:
             warnings.warn("compile=True is ignored off CUDA: running eagerly", stacklevel=2)
-    score = _CountingScore(model, sde, prediction, cond, x.device)
+    score = _CountingScore(model, sde, prediction, cond)
 
     if (callback is not None or return_trajectory) and spec.step_callback is None:
         raise ValueError(f"method {spec.name!r} takes no callback and cannot return a trajectory")
@@ -282,12 +266,12 @@ def sample(
             f"after its solve); methods that can: {replacing}"
         )
     trajectory: list[torch.Tensor] | None = [x] if return_trajectory else None
-    bad_state = _FirstNonFinite(x.device)
+    bad_state = FiniteWatch("the samples", ts)
 
     def step_callback(i: int, xi: torch.Tensor) -> torch.Tensor | None:
         out = callback(i, xi) if callback is not None else None
         xi = xi if out is None else out
-        bad_state.record(i, xi)
+        bad_state.update(i, xi)
         if trajectory is not None:
             trajectory.append(xi)
         return out
