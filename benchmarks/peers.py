@@ -1,20 +1,21 @@
 r"""Peer samplers driven by the same exact score: diffusers' schedulers and k-diffusion's samplers.
 
-Every adapter turns a score function ``score(x, t)`` of a :class:`~sdekit.VPSDE`
-(:math:`x_t = \alpha_t x_0 + \sigma_t\varepsilon`) into the peer's own parameterization:
+The maps between the peers' parameterizations and sdekit's are the package's own
+(:mod:`sdekit.interop`, :mod:`sdekit.discrete`); this file only drives the peers:
 
-- diffusers (Ho et al. 2020's discrete DDPM): an :math:`\varepsilon`-model of ``(x, timestep)``.
-  Timestep :math:`\tau` (0..999, fractional for Euler/Heun) has the noise level
-  :math:`\tilde\sigma_\tau = \sqrt{(1-\bar\alpha_\tau)/\bar\alpha_\tau}` of the scheduler's own
-  ``alphas_cumprod`` (linearly interpolated in :math:`\tau`, as diffusers does), and is mapped to
-  the continuous time with the *same* log-SNR,
-  :math:`t = \lambda^{-1}(-2\log\tilde\sigma_\tau)` (about :math:`(\tau+1)/1000` for the 1000-step
-  betas of the VP SDE); then
-  :math:`\varepsilon = -\sigma_t\,s(x, t)`. The model is thus exact for the marginal the scheduler
-  assumes, whatever timesteps it visits.
-- k-diffusion (Karras et al. 2022, eq. 4 with :math:`s(t) = \alpha`): the scaled state
-  :math:`\tilde x = x/\alpha` solves the EDM ODE in :math:`\tilde\sigma = \sigma/\alpha`, with the
-  denoiser :math:`D(\tilde x, \tilde\sigma) = \hat x_0 = (x + \sigma^2 s(x, t))/\alpha` (Tweedie).
+- diffusers (Ho et al. 2020's discrete DDPM) runs on the 1000-step schedule
+  :meth:`~sdekit.discrete.DiscreteVPSDE.from_sde` of the benchmark's VP SDE, whose
+  :math:`\bar\alpha_\tau` equals the continuous :math:`\alpha(t)^2` at :math:`t = (\tau + 1)/1000`
+  (DDPM's betas do not: :math:`\bar\alpha_{999} = 4.04\cdot10^{-5}` against
+  :math:`\alpha(1)^2 = 4.32\cdot10^{-5}`), so every scheduler sees the marginals sdekit's samplers
+  integrate, from :math:`t_{\min} = 10^{-3}` (timestep 0) to :math:`T` (timestep 999). Its
+  :math:`\varepsilon`-model of ``(x, timestep)`` evaluates the score at the time with the noise
+  level :math:`\tilde\sigma_\tau` the scheduler assumes (linear in a fractional :math:`\tau`, as its
+  Euler and Heun interpolate): :math:`t = \lambda^{-1}(-2\log\tilde\sigma_\tau)`
+  (:func:`~sdekit.interop.edm_time`), :math:`\varepsilon = -\sigma_t\,s(x, t)`.
+- k-diffusion (Karras et al. 2022, eq. 4 with :math:`s(t) = \alpha`) solves the EDM ODE in
+  :math:`\tilde x = x/\alpha`, :math:`\tilde\sigma = \sigma/\alpha` with the denoiser
+  :class:`~sdekit.interop.KDiffusionDenoiser` of the score (Tweedie).
 
 Peers are optional: :func:`peers` leaves out (with a message) any library that is not installed.
 k-diffusion's package ``__init__`` imports torchvision and more, so only ``k_diffusion/sampling.py``
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sdekit.discrete import DiscreteVPSDE
+from sdekit.interop import KDiffusionDenoiser, edm_sigma, edm_time
 from sdekit.linear import VPSDE
 
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -84,38 +87,14 @@ def load_k_diffusion_sampling() -> types.ModuleType | None:
     return module
 
 
-def _vp_time(sde: VPSDE, sigma_tilde: torch.Tensor) -> torch.Tensor:
-    """The continuous time whose :math:`\\sigma/\\alpha` is ``sigma_tilde`` (log-SNR -2 log of it).
-
-    Peers' noisiest levels map a hair past ``T``, and are clamped to it: k-diffusion's by float32
-    round-off, diffusers' because the discrete :math:`\\bar\\alpha_{999} = e^{-10.12}` of the
-    1000 betas lies below the continuous :math:`\\alpha(T)^2 = e^{-10.05}` (timesteps 998, 999).
-    There :math:`p_t` is :math:`\\mathcal N(0, I)` up to terms of order :math:`\\alpha < 0.007`
-    that change by under 4% between the two times, so the clamp is negligible.
-    """
-    t = sde.log_snr_inverse(-2 * torch.log(sigma_tilde.to(torch.float64)))
-    return t.clamp(0.0, sde.T)
-
-
 def k_denoiser(score: Score, sde: VPSDE) -> Callable:
-    """k-diffusion's denoiser :math:`D(\\tilde x, \\tilde\\sigma)` for a VP score (module doc)."""
-
-    def denoiser(x_tilde: torch.Tensor, sigma_tilde: torch.Tensor) -> torch.Tensor:
-        t = _vp_time(sde, sigma_tilde)
-        alpha = torch.rsqrt(1 + sigma_tilde.to(torch.float64) ** 2)
-        a = alpha.to(x_tilde.dtype).reshape(-1, *([1] * (x_tilde.ndim - 1)))
-        sigma = (alpha * sigma_tilde.to(torch.float64)).to(x_tilde.dtype)
-        s = sigma.reshape(a.shape)
-        x = a * x_tilde
-        return (x + s**2 * score(x, t.to(x.dtype))) / a
-
-    return denoiser
+    """k-diffusion's denoiser :math:`D(\\tilde x, \\tilde\\sigma)` of a VP score (the package's map)."""
+    return KDiffusionDenoiser(score, sde, "score")
 
 
 def k_sigma_range(sde: VPSDE) -> tuple[float, float]:
     """:math:`(\\tilde\\sigma(t_{\\min}), \\tilde\\sigma(T))`: sdekit's times in k-diffusion."""
-    t = torch.tensor([sde.t_min, sde.T], dtype=torch.float64)
-    s = torch.exp(-0.5 * sde.log_snr(t))
+    s = edm_sigma(sde, torch.tensor([sde.t_min, sde.T], dtype=torch.float64))
     return float(s[0]), float(s[1])
 
 
@@ -129,7 +108,7 @@ def k_grid(k, sde: VPSDE, n: int, kind: str) -> torch.Tensor:
         return k.get_sigmas_karras(n, lo, hi).to(torch.float64)
     if kind == "vp":
         t = torch.linspace(sde.T, sde.t_min, n, dtype=torch.float64)
-        return k.append_zero(torch.exp(-0.5 * sde.log_snr(t)))
+        return k.append_zero(edm_sigma(sde, t))
     raise ValueError(f"kind must be 'karras' or 'vp', got {kind!r}")
 
 
@@ -209,9 +188,10 @@ def diffusers_eps_model(score: Score, sde: VPSDE, alphas_cumprod: torch.Tensor) 
         i = tau.floor().clamp(0, len(sigmas) - 2).long()
         w = tau - index[i]
         sigma_tilde = (1 - w) * sigmas[i] + w * sigmas[i + 1]
-        t = _vp_time(sde, sigma_tilde).to(x.device, x.dtype).expand(x.shape[0])
-        sigma = sigma_tilde * torch.rsqrt(1 + sigma_tilde**2)
-        return -sigma.to(x.device, x.dtype) * score(x, t)
+        # diffusers' float32 alphas_cumprod (relative error <= 8e-7) put timestep 999 4e-8 past T
+        t = edm_time(sde, sigma_tilde).clamp(max=sde.T)
+        sigma = sde.sigma(t).to(x.device, x.dtype)
+        return -sigma * score(x, t.to(x.device, x.dtype).expand(x.shape[0]))
 
     return model
 
@@ -226,7 +206,7 @@ def diffusers_peers(
         print("diffusers is not installed: its schedulers are left out")
         return []
     diffusers.utils.logging.set_verbosity_error()
-    betas = sde.discrete_betas(train_steps).numpy()
+    betas = DiscreteVPSDE.from_sde(sde, train_steps).betas.numpy()
     common = {"num_train_timesteps": train_steps, "trained_betas": betas}
     schedulers = {
         "DDIM": (diffusers.DDIMScheduler, {"clip_sample": False}, 1),
