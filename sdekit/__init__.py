@@ -1,6 +1,7 @@
 """sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
 
-from . import metrics, networks, sampling
+from . import interop, metrics, networks, sampling
+from .discrete import DiscreteVPSDE
 from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
 from .fokker_planck import fokker_planck_residual, solve_fokker_planck
 from .likelihood import bits_per_dim, log_likelihood
@@ -25,6 +26,7 @@ __all__ = [
     "VESDE",
     "EDMSDE",
     "OUSDE",
+    "DiscreteVPSDE",
     "BetaSchedule",
     "LinearBeta",
     "CosineBeta",
@@ -40,6 +42,7 @@ __all__ = [
     "sampling",
     "networks",
     "metrics",
+    "interop",
     "DenoisingScoreMatching",
     "TrainConfig",
     "Trainer",
