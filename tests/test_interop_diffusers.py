@@ -92,8 +92,13 @@ DDIM_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("setting", DDIM_SETTINGS)
-@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+# every setting with eps, every prediction type with the first setting (they are independent)
+DDIM_CASES = [("epsilon", name) for name in DDIM_SETTINGS] + [
+    (p, "leading") for p in PREDICTION_TYPES[1:]
+]
+
+
+@pytest.mark.parametrize("prediction_type, setting", DDIM_CASES)
 def test_ddim_equals_diffusers(prediction_type, setting):
     config = {"prediction_type": prediction_type, "clip_sample": False, **DDIM_SETTINGS[setting]}
     reference = _diffusers_loop(diffusers.DDIMScheduler(**config), _x_T(), 10, float64=True)
@@ -132,8 +137,12 @@ DPM_SETTINGS = {
 }
 
 
-@pytest.mark.parametrize("setting", DPM_SETTINGS)
-@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+DPM_CASES = [("epsilon", name) for name in DPM_SETTINGS] + [
+    (p, "defaults (to sigma = 0)") for p in PREDICTION_TYPES[1:]
+]
+
+
+@pytest.mark.parametrize("prediction_type, setting", DPM_CASES)
 def test_dpm_solver_2m_equals_diffusers(prediction_type, setting):
     config, steps = DPM_SETTINGS[setting]
     config = {"prediction_type": prediction_type, **config}
@@ -288,3 +297,14 @@ def test_class_conditional_unet_gets_cond_as_class_labels():
         )
         x, _ = sdekit.sample(model, sde, _x_T(), prediction="eps", steps=3, cond=labels)
     assert x.shape == (3, 2, 8, 8)
+
+
+def test_gallery_example_prints_the_agreement(tmp_path):
+    from test_examples import numbers, run_example
+
+    out = run_example("plot_diffusers_interop", tmp_path)
+    discrete, continuous = numbers(r"(?:discrete|continuous VP) ([\d.e+-]+)", out)
+    assert discrete == pytest.approx(4.0358e-5, rel=1e-4)
+    assert continuous == pytest.approx(4.3186e-5, rel=1e-4)
+    gaps = numbers(r"max relative difference ([\d.e+-]+)", out)
+    assert len(gaps) == 2 and max(gaps) < FLOAT32
