@@ -24,7 +24,12 @@ DDPM's first step :math:`\sqrt{1-\beta_0}`. With :math:`B = -\log\bar\alpha(t) =
           \qquad \beta = -N\log\bar\alpha_0 \quad (t < t_0),
 
 so :math:`f = -\beta/2` and :math:`g^2 = \beta` are closed forms, and the inverse log-SNR is exact
-(a search over the monotone knots, no bisection). The transition between two timesteps is the
+(a search over the monotone knots, no bisection). :math:`\beta` is continuous within a step and jumps
+at the timesteps, by the relative change of :math:`\lambda_{\tau+1} - \lambda_\tau` (0.13% at the
+median of DDPM's linear schedule, up to 38% over its first steps): fixed-grid samplers do not see
+it, an adaptive ODE solver spends some steps on it (80 evaluations on the continuous VP SDE, 104 on
+DDPM's schedule, for a 1D mixture at the default tolerances). A smoother interpolation would give
+fractional timesteps another meaning than k-diffusion's. The transition between two timesteps is the
 discrete one: :math:`\alpha_{t_\tau|t_{\tau-1}}^2 = \bar\alpha_\tau/\bar\alpha_{\tau-1} =
 1 - \beta_\tau`.
 """

@@ -308,3 +308,11 @@ def test_gallery_example_prints_the_agreement(tmp_path):
     assert continuous == pytest.approx(4.3186e-5, rel=1e-4)
     gaps = numbers(r"max relative difference ([\d.e+-]+)", out)
     assert len(gaps) == 2 and max(gaps) < FLOAT32
+
+
+def test_half_precision_unet_gets_its_dtype():
+    unet = _unet().to(torch.bfloat16)
+    model = DiffusersModel(unet, DiscreteVPSDE.linear())
+    with torch.no_grad():
+        x, _ = sdekit.sample(model, model.sde, _x_T(torch.float32), prediction="eps", steps=3)
+    assert x.dtype == torch.float32 and bool(torch.isfinite(x).all())

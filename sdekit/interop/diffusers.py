@@ -46,6 +46,7 @@ class DiffusersModel(nn.Module):
     is passed as ``class_labels`` (a class-conditional ``UNet2DModel``), a mapping as keyword
     arguments (``{"encoder_hidden_states": ...}`` for a ``UNet2DConditionModel``).
 
+    A float16/bfloat16 UNet is given ``x`` in its dtype (sdekit's state and schedule stay float32/64).
     Times within the resolution of their dtype of an integer timestep are given to the UNet as that
     integer, so sampling on the scheduler's own timesteps feeds it exactly what diffusers does;
     other times give fractional timesteps (k-diffusion's convention; see
@@ -139,7 +140,9 @@ class DiffusersModel(nn.Module):
             kwargs = dict(cond)
         else:
             kwargs = {"class_labels": cond}
-        return self.unet(x, tau, **kwargs, return_dict=False)[0]
+        # a half-precision UNet gets its own dtype; sample() casts the output back to the state's
+        dtype = getattr(self.unet, "dtype", x.dtype)
+        return self.unet(x.to(dtype), tau, **kwargs, return_dict=False)[0]
 
 
 def _is(obj, class_name: str) -> bool:
