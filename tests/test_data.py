@@ -129,6 +129,10 @@ def test_read_idx_errors(tmp_path):
         read_idx(tmp_path / "short")
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "missing")
+    write_idx(tmp_path / "cut.gz", np.zeros((50, 28, 28), np.uint8), 0x08, True)
+    (tmp_path / "cut.gz").write_bytes((tmp_path / "cut.gz").read_bytes()[:-20])  # a cut download
+    with pytest.raises(ValueError, match=r"cut.gz is a truncated or corrupt gzip file"):
+        read_idx(tmp_path / "cut.gz")
 
 
 def test_load_mnist_tiny(tmp_path):
@@ -198,6 +202,9 @@ def test_image_folder(tmp_path):
     assert y is None  # not every image lies in a class directory
     with pytest.raises(FileNotFoundError):
         load_image_folder(tmp_path / "nowhere")
+    (tmp_path / "dogs" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(ValueError, match=r"dogs/2.png is not a readable image"):
+        load_image_folder(tmp_path, image_size=4)
 
 
 def test_load_dataset_names():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_choice
 from .images import (
     FASHION_MNIST_DEBIAN,
     load_cifar10,
@@ -55,8 +56,7 @@ def load_dataset(
         return load_digits()
     if name == "fashion_mnist":
         return load_mnist(FASHION_MNIST_DEBIAN if root is None else root, split)
-    if name not in IMAGE_DATASETS:
-        raise ValueError(f"data must be one of {list(DATASETS)}, got {name!r}")
+    check_choice("data", name, DATASETS)
     if root is None:
         raise ValueError(f"data {name!r} is read from local files: pass data_root (the directory)")
     if name == "mnist":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,12 @@ def read_idx(path: str | Path) -> torch.Tensor:
         raise FileNotFoundError(f"path must be an IDX file, {path} does not exist")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:
+            raise ValueError(
+                f"{path} is a truncated or corrupt gzip file ({e}): download it again"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -191,11 +197,16 @@ def load_image_folder(
         )
     arrays = []
     for p in files:
-        with Image.open(p) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if image_size is not None:
-                im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            arrays.append(np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels))
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                if image_size is not None:
+                    im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, channels))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+            raise ValueError(
+                f"{p} is not a readable image ({type(e).__name__}: {e}): repair or remove it"
+            ) from None
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise ValueError(
