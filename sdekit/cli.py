@@ -2,8 +2,10 @@
 
 ``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
 ``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then a
-``--config`` file (JSON or TOML), then the flags. Run it under ``torchrun`` for several processes.
-``sample`` draws from a checkpoint's EMA weights and writes a PNG (or the raw tensor with ``.pt``).
+``--config`` file (JSON or TOML), then the flags, and all are checked before training starts. Run
+it under ``torchrun`` for several processes. ``sample`` draws from a checkpoint's EMA weights in
+batches of ``--batch-size`` and writes a PNG grid (or the raw tensor with ``.pt``); sample ``i``
+comes from its own generator seeded by ``(--seed, i)``, so it is the same whatever the batch size.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig, config_field_types
-from .training import NonFiniteLossError, Trainer, load_model, save_samples
+from .distributed import resolve_device
+from .figures import save_samples
+from .inference import load_model
+from .sampling import get_sampler
+from .training import NonFiniteLossError, Trainer
+
+#: what ``sample --out`` may end with: a figure of the samples, or ``.pt`` for the raw tensor
+SAMPLE_SUFFIXES = (".png", ".jpg", ".pdf", ".svg", ".pt")
 
 
 def _positive_int(text: str) -> int:
@@ -28,13 +37,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     types_ = config_field_types()
     for f in dataclasses.fields(TrainConfig):
         kind = types_[f.name]
         flag = "--" + f.name.replace("_", "-")
         common = {"dest": f.name, "default": argparse.SUPPRESS}
-        help_ = f"{f.metadata['help']} (default: {f.default})"
+        # a field whose default needs words (None: "keep their size") says it in its help
+        help_ = f.metadata["help"]
+        if "(default:" not in help_:
+            help_ += f" (default: {_shown(f.default)})"
+        help_ = help_.replace("%", "%%")
         args = typing.get_args(kind)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_, **common)
@@ -53,23 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a score network (a quick toy run by default)",
-        description="Train a score network; flags override the --config file.",
+        description="Train a score network; flags override the --config file. The run directory "
+        "(--out) receives config.json, checkpoint.pt, log.jsonl, loss.png and sample grids.",
     )
-    train.add_argument("--config", type=Path, help="a JSON or TOML file of TrainConfig fields")
+    train.add_argument(
+        "--config", type=Path, help="a JSON or TOML file of TrainConfig fields (default: none)"
+    )
     _add_config_flags(train)
     train.set_defaults(run=_train, parser=train)
     smp = sub.add_parser("sample", help="draw samples from a checkpoint")
-    smp.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint.pt of a run")
+    smp.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint.pt of a run")
     smp.add_argument("--method", default="dpmpp_2m", help="sampler name (default: dpmpp_2m)")
-    smp.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default 20)")
-    smp.add_argument("--n", type=_positive_int, default=64, help="number of samples (default 64)")
-    smp.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG, or .pt: tensor")
-    smp.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
-    smp.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:N]'")
-    smp.add_argument("--label", type=int, help="class to draw (class-conditional models)")
+    smp.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default: 20)")
+    smp.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     smp.add_argument(
-        "--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights"
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="samples drawn at once; the samples do not depend on it (default: 256)",
     )
+    smp.add_argument(
+        "--out",
+        type=Path,
+        default=Path("samples.png"),
+        help=f"a figure ({', '.join(SAMPLE_SUFFIXES[:-1])}) or .pt for the raw tensor in the "
+        "model range (default: samples.png)",
+    )
+    smp.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    smp.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]' (default: auto)",
+    )
+    smp.add_argument(
+        "--label",
+        type=int,
+        help="class to draw, for class-conditional models (default: every class in turn)",
+    )
+    ema = smp.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    # set after construction: Python 3.10's BooleanOptionalAction appends its own default text
+    ema.help = "use the EMA weights, or the last weights (default: --ema)"
     smp.set_defaults(run=_sample, parser=smp)
     return parser
 
@@ -96,21 +136,39 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _check_sample_out(out: Path) -> None:
+    if out.is_dir():
+        raise ValueError(f"--out must be a file to write, {out} is a directory")
+    if out.suffix not in SAMPLE_SUFFIXES:
+        raise ValueError(
+            f"--out must end with one of {', '.join(SAMPLE_SUFFIXES)} (a figure, or .pt for the "
+            f"tensor), got {out}"
+        )
+
+
 def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
+        # everything that can be checked is, before the checkpoint is read
+        _check_sample_out(args.out)
+        get_sampler(args.method)
+        try:
+            device = resolve_device(args.device)
+        except ValueError as e:
+            raise ValueError(f"--device: {e}") from None
         trained = load_model(args.checkpoint, ema=args.ema, device=device)
-        g = torch.Generator(device).manual_seed(args.seed)
-        x = trained.sample(
-            args.n, method=args.method, steps=args.steps, label=args.label, generator=g
+        x = trained.sample_batched(
+            args.n,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            method=args.method,
+            steps=args.steps,
+            label=args.label,
         )
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.out.suffix == ".pt":
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(x.cpu(), args.out)
+        torch.save(x, args.out)
     else:
         save_samples(x, args.out)
     print(f"samples: {args.out}")

@@ -10,7 +10,9 @@ with the warm-up (the schedule of TensorFlow's ``ExponentialMovingAverage`` give
 by the random initialisation: the weight left on the initial :math:`\bar\theta` after :math:`n`
 updates is :math:`\prod_{k<n} d_k = 1/\binom{n+9}{9}` while the cap is not reached, against
 :math:`d^n` without.
-Buffers (e.g. normalisation statistics) are copied, not averaged.
+Buffers (e.g. normalisation statistics) are copied, not averaged. Only the parameters that require
+grad are averaged: a frozen part of the model (the locked base network of a ControlNet) never
+changes, so the average shares those tensors with the model instead of holding a second copy.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class EMA:
     """Keeps ``model``'s moving average in a frozen copy, :attr:`module`, in eval mode.
 
     Args:
-        model: the trained model (its current weights start the average).
+        model: the trained model (its current weights start the average). The parameters that
+            require grad now are averaged; the others are shared with ``model``, not copied.
         decay: :math:`d`, in [0, 1).
         warmup: use :math:`d_n = \\min(d, (1 + n)/(10 + n))`.
     """
@@ -36,7 +39,12 @@ class EMA:
         self.decay = check_probability("decay", decay, open_right=True)
         self.warmup = warmup
         self.num_updates = 0
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+        # deepcopy's memo maps an object to its copy: the frozen tensors map to themselves
+        self.module = copy.deepcopy(model, memo=frozen).eval().requires_grad_(False)
+        self._averaged = [n for n, p in model.named_parameters() if p.requires_grad]
+        ema_params = dict(self.module.named_parameters())
+        self._ema_params = [ema_params[n] for n in self._averaged]
 
     def current_decay(self) -> float:
         """:math:`d_n` for the next update."""
@@ -47,11 +55,11 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Fold ``model``'s current weights into the average (one update)."""
         d = self.current_decay()
-        ema_params = list(self.module.parameters())
-        pairs = zip(model.parameters(), ema_params, strict=True)
-        params = [p.detach().to(q.dtype) for p, q in pairs]
+        named = dict(model.named_parameters())
+        pairs = zip(self._averaged, self._ema_params, strict=True)
+        params = [named[n].detach().to(q.dtype) for n, q in pairs]
         # lerp_(theta, 1 - d) is d * avg + (1 - d) * theta, in one fused kernel over all tensors
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        torch._foreach_lerp_(self._ema_params, params, 1.0 - d)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.num_updates += 1

@@ -64,6 +64,7 @@ from collections.abc import Callable
 import torch
 
 from .checks import check_batch_time, check_choice, check_float_input, check_output, check_positive
+from .conditioning import Cond
 from .linear import LinearSDE
 from .parameterization import PREDICTIONS, target
 from .sampling.registry import SAMPLERS
@@ -88,8 +89,8 @@ class DenoisingScoreMatching:
         p_mean, p_std: :math:`P_\text{mean}, P_\text{std}` of ``"lognormal"`` sampling (EDM:
             -1.2, 1.2).
 
-    ``loss_fn(model, x0, labels=None, generator=None)`` returns the scalar loss; the model is called
-    as ``model(x_t, t)`` (or ``model(x_t, t, labels)``). Schedule coefficients and weights are
+    ``loss_fn(model, x0, cond=None, generator=None)`` returns the scalar loss; the model is called
+    as ``model(x_t, t)`` (or ``model(x_t, t, cond)``). Schedule coefficients and weights are
     computed in float64 and the squared error in at least float32, also under autocast.
     """
 
@@ -199,7 +200,7 @@ class DenoisingScoreMatching:
         x0: torch.Tensor,
         t: torch.Tensor,
         noise: torch.Tensor,
-        labels: torch.Tensor | None = None,
+        cond: Cond = None,
     ) -> torch.Tensor:
         r""":math:`\lambda(t)\lVert s_\theta - \nabla\log p_{t|0}\rVert^2` at given ``t``.
 
@@ -207,9 +208,9 @@ class DenoisingScoreMatching:
         broadcast).
         """
         _check_data(x0)
-        return self._per_sample(model, x0, t, noise, labels)
+        return self._per_sample(model, x0, t, noise, cond)
 
-    def _per_sample(self, model, x0, t, noise, labels) -> torch.Tensor:
+    def _per_sample(self, model, x0, t, noise, cond) -> torch.Tensor:
         check_batch_time(t, x0)
         # coefficients in float64, elementwise work in the data's precision (at least float32)
         dtype = torch.promote_types(x0.dtype, torch.float32)
@@ -217,7 +218,7 @@ class DenoisingScoreMatching:
             broadcast_to_data(c, x0).to(dtype) for c in self.sde.marginal(t.to(torch.float64))
         )
         x_t = (alpha * x0 + sigma * noise).to(x0.dtype)
-        args = () if labels is None else (labels,)
+        args = () if cond is None else (cond,)
         out = check_output("model", model(x_t, t, *args), x_t)
         prediction = "x0" if self.prediction == "edm" else self.prediction
         y = target(prediction, x0, noise, alpha, sigma)
@@ -229,7 +230,7 @@ class DenoisingScoreMatching:
         model: Callable[..., torch.Tensor],
         x0: torch.Tensor,
         *,
-        labels: torch.Tensor | None = None,
+        cond: Cond = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The scalar loss: batch mean of the per-sample loss at sampled ``t`` and noise.
@@ -242,7 +243,7 @@ class DenoisingScoreMatching:
         time_dtype = torch.promote_types(x0.dtype, torch.float32)
         t, w = self.sample_t(x0.shape[0], device=x0.device, dtype=time_dtype, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        per = self._per_sample(model, x0, t, noise, labels)
+        per = self._per_sample(model, x0, t, noise, cond)
         return (w.to(per.dtype) * per).mean()
 
 

@@ -1,23 +1,33 @@
-r"""Training a score network by denoising score matching: the :class:`Trainer`.
+r"""Training a network by stochastic gradient descent on a loss: the :class:`Trainer`.
 
-One optimisation step minimises the loss of :class:`~sdekit.losses.DenoisingScoreMatching` on a
-global batch of ``batch_size`` examples with AdamW (Loshchilov & Hutter 2019), a linear
-learning-rate warm-up and gradient-norm clipping, then updates an :class:`~sdekit.ema.EMA` of the
-weights, which is what samples are drawn from. The network may run under autocast (bf16, or fp16
-with loss scaling) while the loss keeps its schedule arithmetic in float32/64.
+One optimisation step minimises the loss (by default
+:class:`~sdekit.losses.DenoisingScoreMatching`) on a global batch of ``batch_size`` examples with
+AdamW (Loshchilov & Hutter 2019), a linear learning-rate warm-up and gradient-norm clipping, then
+updates an :class:`~sdekit.ema.EMA` of the weights, which is what samples are drawn from. The
+network may run under autocast (bf16, or fp16 with loss scaling) while the loss keeps its schedule
+arithmetic in float32/64.
 
-Reproducibility. The data order and the loss's noise are *counter-based*: the permutation of epoch
-:math:`e` and the generator of micro-batch :math:`m` at step :math:`k` are seeded from
-``(seed, e)`` and ``(seed, k, m)``. So they need no saved state, a resumed run draws exactly what an
-uninterrupted one would (bitwise on CPU), and the result does not depend on how the global batch is
-split: ``W`` processes with ``grad_accum = A`` compute the same gradients as one process with
-``grad_accum = W * A`` (up to the order of floating-point sums). The global generators (torch, CUDA,
-NumPy, Python; e.g. dropout) are saved in every checkpoint, one set per process.
+Where the parts come from. Each set-up step is one function of :mod:`sdekit.builders` (data,
+SDE, network, loss, optimiser, precision), :mod:`sdekit.distributed` (process group, device,
+batch split, DDP) and :mod:`sdekit.seeding` (counter-based randomness); the Trainer calls them in
+order and runs the loop, checkpoints (:mod:`sdekit.checkpoint`), logs (:mod:`sdekit.run_log`) and
+sample grids (:mod:`sdekit.figures`). Other kinds of training reuse it by passing their own parts::
 
-What a run does is set by a :class:`~sdekit.config.TrainConfig`.
+    Trainer(config, model=classifier, loss_fn=cross_entropy_on_noisy_x, data=(x, labels),
+            sample_grid=False)
+    Trainer(config, model=controlled_unet, data=(x, {"hint": hints, "labels": labels}))
 
-Multi-process training runs under ``torchrun`` (``env://`` initialisation; NCCL on CUDA, Gloo on
-CPU): each process takes its slice of every global batch and DDP averages the gradients.
+Only parameters that require grad are optimised and averaged (a frozen base network stays
+bitwise as it was), and checkpoints hold whatever the model's ``state_dict`` holds.
+
+Reproducibility. The data order and the loss's noise are *counter-based* (:mod:`sdekit.seeding`):
+a resumed run draws exactly what an uninterrupted one would (bitwise on CPU), and ``W`` processes
+with ``grad_accum = A`` compute the same gradients as one process with ``grad_accum = W * A`` (up
+to the order of floating-point sums). The global generators (torch, CUDA, NumPy, Python; e.g.
+dropout) are saved in every checkpoint, one set per process.
+
+Multi-process training runs under ``torchrun`` (:mod:`sdekit.distributed`): each process takes its
+slice of every global batch and DDP averages the gradients.
 """
 
 from __future__ import annotations
@@ -25,108 +35,105 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .builders import (
+    build_grad_scaler,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_sde,
+    check_cond_for_built_model,
+    check_data,
+    load_data,
+    num_classes,
+    sample_prediction,
+    trainable_parameters,
+    with_precision,
+)
+from .checkpoint import (
+    check_finite_parameters,
+    load_checkpoint,
+    remove_stale_temporaries,
+    require_keys,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .conditioning import Cond, select
 from .config import RESUMABLE_CHANGES, SDES, TrainConfig
-from .data import load_dataset, to_pixel_range
+from .distributed import (
+    all_gather_objects,
+    all_reduce_mean,
+    init_process_group,
+    micro_batch_ids,
+    micro_batch_size,
+    resolve_device,
+    wrap_ddp,
+)
 from .ema import EMA
-from .linear import LinearSDE
+from .figures import save_samples
+from .inference import TrainedModel, load_model, sample_from
+from .run_log import RunLog
+from .seeding import BatchOrder, noise_generator, seed_global_generators
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: the first sample grid of a :meth:`Trainer.train` call comes after this many steps or seconds
+#: (whichever is first), so that a wrong setup shows in minutes, then every ``sample_every``
+EARLY_GRID_STEPS, EARLY_GRID_SECONDS = 100, 60.0
+_STATE_KEYS = ("step", "config", "data_shape", "num_classes", "model", "ema", "optimizer",
+               "scheduler", "scaler", "rng")  # fmt: skip
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "NonFiniteLossError",
+    "SDES",
+    "TrainConfig",
+    "TrainedModel",
+    "Trainer",
+    "build_model",
+    "load_model",
+    "sample_from",
+    "sample_prediction",
+    "save_samples",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last checkpoint (written before it) is intact."""
 
 
-def build_model(
-    config: TrainConfig, data_shape: tuple[int, ...], num_classes: int | None, sde: LinearSDE
-) -> nn.Module:
-    """The network of ``config``: an :class:`~sdekit.networks.MLP` for vectors, a
-    :class:`~sdekit.networks.UNet` for square images (attention at the lowest resolution),
-    behind :class:`~sdekit.networks.EDMPrecond` for ``prediction="edm"``."""
-    from .networks import MLP, EDMPrecond, UNet
-
-    if len(data_shape) == 1:
-        net = MLP(data_shape[0], config.hidden, config.depth, num_classes=num_classes)
-    elif len(data_shape) == 3 and data_shape[1] == data_shape[2]:
-        lowest = data_shape[1] // 2 ** (len(config.channel_mults) - 1)
-        net = UNet(
-            data_shape[0],
-            data_shape[1],
-            config.channels,
-            config.channel_mults,
-            config.num_res_blocks,
-            attn_resolutions=(lowest,),
-            dropout=config.dropout,
-            num_classes=num_classes,
-        )
-    else:
-        raise ValueError(f"data must be vectors (d,) or square images (C, H, H), got {data_shape}")
-    if config.prediction == "edm":
-        return EDMPrecond(net, sde, sigma_data=config.sigma_data)
-    return net
-
-
-def sample_prediction(config: TrainConfig) -> str:
-    """What the trained model predicts, as :func:`sdekit.sampling.sample` names it."""
-    return "x0" if config.prediction == "edm" else config.prediction
-
-
-def _seed(*words: int) -> int:
-    """A 63-bit seed mixing ``words`` (NumPy's SeedSequence hash: close inputs, unrelated seeds)."""
-    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} needs CUDA, which is not available")
-        if dist.is_initialized():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        elif device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-class _Autocast(nn.Module):
-    """Runs ``net`` under autocast and hands float32 back, so the loss's arithmetic stays fp32."""
-
-    def __init__(self, net: nn.Module, device_type: str, dtype: torch.dtype):
-        super().__init__()
-        self.net, self.device_type, self.dtype = net, device_type, dtype
-
-    def forward(self, x, t, *labels):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.net(x, t, *labels)
-        return out.float()
+def _cond_to(cond: Cond, device: torch.device) -> Cond:
+    if isinstance(cond, torch.Tensor):
+        return cond.to(device)
+    if cond is not None:
+        return {key: value.to(device) for key, value in cond.items()}
+    return None
 
 
 class Trainer:
-    """Trains the network of a :class:`TrainConfig`, resuming from ``out/checkpoint.pt`` if present.
+    """Trains a network on ``config``'s run, resuming from ``out/checkpoint.pt`` if present.
 
     Args:
         config: the run.
-        model: a network called as ``model(x, t)`` / ``model(x, t, labels)`` predicting
-            ``config.prediction``, instead of the one :func:`build_model` makes.
-        loss_fn: ``loss_fn(model, x0, labels=..., generator=...) -> scalar`` instead of
-            :class:`~sdekit.losses.DenoisingScoreMatching` of the config.
-        data: ``(x, labels)`` tensors instead of ``config.data``.
+        model: a network called as ``model(x, t)`` / ``model(x, t, cond)``, instead of the one
+            :func:`~sdekit.builders.build_model` makes. Its parameters that require grad are
+            trained and averaged; its ``state_dict`` is what checkpoints hold.
+        loss_fn: ``loss_fn(net, x0, cond=..., generator=...) -> scalar`` instead of
+            :class:`~sdekit.losses.DenoisingScoreMatching` of the config; ``cond`` is the
+            micro-batch's rows of the condition (``None`` without one), ``generator`` the
+            micro-batch's own (draw all randomness from it for exact resumes).
+        data: ``(x, cond)`` instead of ``config.data``: ``x`` a float tensor ``(N, ...)``,
+            ``cond`` ``None``, a tensor ``(N, ...)`` (class labels) or a mapping of such tensors
+            (``{"hint": ..., "labels": ...}``), indexed with :func:`sdekit.conditioning.select`.
+        sample_grid: ``True``: sample grids of the EMA network with the config's sampler
+            (:meth:`sample`); ``False``: none (a network that is not a generative model, e.g.
+            a classifier); or ``fn(ema_network, n) -> samples`` for one that samples its own way.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from the environment.
     """
@@ -136,203 +143,166 @@ class Trainer:
         config: TrainConfig,
         *,
         model: nn.Module | None = None,
-        loss_fn: Callable | None = None,
-        data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        data: tuple[torch.Tensor, Cond] | None = None,
+        sample_grid: bool | Callable[[nn.Module, int], torch.Tensor] = True,
     ):
         self.config = cfg = config
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            cuda = cfg.device.startswith("cuda") or (
-                cfg.device == "auto" and torch.cuda.is_available()
-            )
-            if cuda:
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self.device = _resolve_device(cfg.device)
-        micro = self.world_size * cfg.grad_accum
-        if cfg.batch_size % micro:
-            raise ValueError(
-                f"batch_size must be a multiple of world size x grad_accum = {micro}, "
-                f"got {cfg.batch_size}"
-            )
-        self.micro_batch = cfg.batch_size // micro
+        self.sample_grid = sample_grid
+        self.rank, self.world_size = init_process_group(cfg.device)
+        self.device = resolve_device(cfg.device)
+        self.micro_batch = micro_batch_size(cfg.batch_size, self.world_size, cfg.grad_accum)
+        self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"out must be a run directory, {self.out} is a file")
+        self.checkpoint_path = self.out / CHECKPOINT_NAME
 
-        if data is None:
-            data = load_dataset(
-                cfg.data,
-                root=cfg.data_root,
-                n=cfg.toy_size,
-                image_size=cfg.image_size,
-                generator=torch.Generator().manual_seed(_seed(cfg.seed, 1)),
-            )
-        x, labels = data
-        if x.shape[0] < cfg.batch_size:
-            raise ValueError(
-                f"batch_size must be <= the data size {x.shape[0]}, got {cfg.batch_size}"
-            )
-        if cfg.class_conditional and labels is None:
-            raise ValueError(f"class_conditional needs labels, data {cfg.data!r} has none")
-        self.x = x.to(self.device)
-        self.labels = labels.to(self.device) if cfg.class_conditional else None
-        self.num_classes = int(labels.max()) + 1 if cfg.class_conditional else None
+        x, cond = load_data(cfg) if data is None else data
+        check_data(x, cond)
+        if model is None:
+            check_cond_for_built_model(cfg, cond)
+        self.num_classes = num_classes(cfg, cond)
+        self.x, self.cond = x.to(self.device), _cond_to(cond, self.device)
         self.data_shape = tuple(x.shape[1:])
+        self._order = BatchOrder(x.shape[0], cfg.batch_size, cfg.seed, self.device)
 
-        self.sde = SDES[cfg.sde]()
+        self.sde = build_sde(cfg)
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         if model is None:
             model = build_model(cfg, self.data_shape, self.num_classes, self.sde)
         self.model = model.to(self.device)
-        if loss_fn is None:
-            from .losses import DenoisingScoreMatching
-
-            loss_fn = DenoisingScoreMatching(
-                self.sde,
-                cfg.prediction,
-                cfg.weighting,
-                cfg.t_sampling,
-                sigma_data=cfg.sigma_data,
-                p_mean=cfg.p_mean,
-                p_std=cfg.p_std,
-            )
-        self.loss_fn = loss_fn
+        self.loss_fn = build_loss(cfg, self.sde) if loss_fn is None else loss_fn
+        self.trainable = trainable_parameters(self.model)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-        warmup = cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup else 1.0
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        net = self.model
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DistributedDataParallel(self.model, device_ids=ids)
-        self._ddp = net
-        if cfg.precision != "fp32":
-            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-            net = _Autocast(net, self.device.type, dtype)
-        self.net = net
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.trainable)
+        self.scaler = build_grad_scaler(cfg, self.device)
+        self._ddp = wrap_ddp(self.model, self.device)
+        self.net = with_precision(self._ddp, cfg.precision, self.device)
+        seed_global_generators(cfg.seed, self.rank)
 
-        # the global generators (dropout, user code): distinct per process
-        s = _seed(cfg.seed, 2, self.rank)
-        torch.manual_seed(s)
-        np.random.seed(s % 2**32)  # noqa: NPY002 (seeding the global state is the point)
-        random.seed(s)
         self.step = 0
-        self._epoch, self._perm = -1, None
-        self.out = Path(cfg.out)
-        self.checkpoint_path = self.out / CHECKPOINT_NAME
-        if self.checkpoint_path.is_file():
+        self.grad_norm = torch.zeros((), device=self.device)
+        if self.rank == 0:
+            removed = remove_stale_temporaries(self.checkpoint_path)
+            if removed:
+                print(
+                    f"sdekit: removed {len(removed)} temporary file(s) that an interrupted save "
+                    f"left in {self.out}",
+                    file=sys.stderr,
+                )
+        if self.checkpoint_path.exists():
             self._resume(load_checkpoint(self.checkpoint_path, map_location=self.device))
 
-    # --- data order and noise: functions of (seed, step), so nothing to save or restore
-    def _batch_indices(self, step: int) -> torch.Tensor:
-        cfg, n = self.config, self.x.shape[0]
-        per_epoch = n // cfg.batch_size
-        epoch, j = divmod(step, per_epoch)
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_seed(cfg.seed, 3, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(n, generator=g).to(self.device)
-        return self._perm[j * cfg.batch_size : (j + 1) * cfg.batch_size]
-
-    def _noise_generator(self, step: int, micro: int) -> torch.Generator:
-        g = torch.Generator(self.device)
-        return g.manual_seed(_seed(self.config.seed, 4, step, micro))
-
     def train_step(self) -> torch.Tensor:
-        """One optimisation step on the next global batch; returns the (global) loss, on device."""
+        """One optimisation step on the next global batch; returns the (global) loss, on device.
+
+        Leaves the gradient norm before clipping in :attr:`grad_norm` (on device).
+        """
         cfg, b = self.config, self.micro_batch
-        idx = self._batch_indices(self.step)
+        idx = self._order(self.step)
         total = torch.zeros((), device=self.device)
-        for a in range(cfg.grad_accum):
-            m = self.rank * cfg.grad_accum + a
+        for a, m in enumerate(micro_batch_ids(self.rank, cfg.grad_accum)):
             chunk = idx[m * b : (m + 1) * b]
-            kwargs = {"generator": self._noise_generator(self.step, m)}
-            if self.labels is not None:
-                kwargs["labels"] = self.labels[chunk]
-            last = a == cfg.grad_accum - 1
-            sync = (
-                self._ddp.no_sync()
-                if self.world_size > 1 and not last
-                else contextlib.nullcontext()
-            )
-            with sync:
-                loss = self.loss_fn(self.net, self.x[chunk], **kwargs) / cfg.grad_accum
+            cond = select(self.cond, chunk)
+            # under DDP, gradients are averaged over the processes at the last micro-batch only
+            accumulate = a < cfg.grad_accum - 1 and self._ddp is not self.model
+            with self._ddp.no_sync() if accumulate else contextlib.nullcontext():
+                g = noise_generator(cfg.seed, self.step, m, self.device)
+                loss = self.loss_fn(self.net, self.x[chunk], cond=cond, generator=g)
+                loss = loss / cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.grad_norm = nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+        else:
+            grads = [p.grad for p in self.trainable if p.grad is not None]
+            self.grad_norm = nn.utils.get_total_norm(grads)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.ema.update(self.model)
         self.step += 1
-        if self.world_size > 1:
-            dist.all_reduce(total)
-            total /= self.world_size
-        return total
+        return all_reduce_mean(total)
 
     def train(self) -> list[float]:
         """Run until ``config.steps``; returns the losses of the steps run by this call.
 
-        Raises :class:`NonFiniteLossError` naming the step at the first NaN/inf loss, before any
-        later checkpoint is written.
+        Writes ``config.json``, the log (:mod:`sdekit.run_log`), checkpoints every
+        ``checkpoint_every`` steps and at the end, and sample grids: the first after
+        :data:`EARLY_GRID_STEPS` steps or :data:`EARLY_GRID_SECONDS` seconds, then every
+        ``sample_every`` steps and at the end. Raises :class:`NonFiniteLossError` naming the step
+        at the first NaN/inf loss, before any later checkpoint is written.
         """
         cfg = self.config
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         losses: list[float] = []
-        pending: list[torch.Tensor] = []
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        since: list[tuple[float, float]] = []  # (loss, grad norm) since the last log line
         # on CPU reading the loss costs nothing: check it every step; on GPU at log intervals
         flush_every = 1 if self.device.type == "cpu" else cfg.log_every
-        # None: tqdm shows the bar on a terminal and honours TQDM_DISABLE, instead of writing
-        # carriage-return frames into redirected logs; other ranks never show one
-        quiet = True if self.rank != 0 else None
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=quiet, desc="train", unit="step")
-        with bar:
+        start, early = self.step, bool(cfg.sample_every) and self.sample_grid is not False
+        log = RunLog(
+            self.out if self.rank == 0 else None,
+            start_step=self.step,
+            total_steps=cfg.steps,
+            batch_size=cfg.batch_size,
+        )
+        with log:
             while self.step < cfg.steps:
-                pending.append(self.train_step())
-                bar.update(1)
+                pending.append((self.train_step(), self.grad_norm))
+                log.advance()
                 k = self.step
-                sample_now = cfg.sample_every and k % cfg.sample_every == 0
-                save_now = cfg.checkpoint_every and k % cfg.checkpoint_every == 0
                 done = k == cfg.steps
-                if k % flush_every == 0 or sample_now or save_now or done:
-                    self._flush(pending, losses)
+                regular = cfg.sample_every and k % cfg.sample_every == 0
+                soon = early and (
+                    k - start >= EARLY_GRID_STEPS or log.elapsed() >= EARLY_GRID_SECONDS
+                )
+                sample_now = self.sample_grid is not False and (regular or soon or done)
+                save_now = done or (cfg.checkpoint_every and k % cfg.checkpoint_every == 0)
+                log_now = k % cfg.log_every == 0 or sample_now or done
+                if k % flush_every == 0 or log_now or save_now:
+                    since += self._flush(pending, losses)
                     pending = []
-                    if k % cfg.log_every == 0 or done:
-                        bar.set_postfix(loss=f"{losses[-1]:.4g}", lr=f"{self._lr():.2e}")
-                if save_now or done:
+                if save_now:
                     self.save()
-                if (sample_now or done) and self.rank == 0:
-                    self.save_sample_grid(self.out / f"samples_{k:07d}.png")
+                grid = None
+                if sample_now:
+                    early = False
+                    if self.rank == 0:
+                        grid = self.out / f"samples_{k:07d}.png"
+                        self.save_sample_grid(grid)
+                if log_now:
+                    loss, norm = (math.fsum(v) / len(since) for v in zip(*since, strict=True))
+                    log.record(k, loss, self._lr(), norm, grid.name if grid else None)
+                    since = []
+                if grid is not None or done:
+                    log.save_curve()
         return losses
 
-    def _flush(self, pending: list[torch.Tensor], losses: list[float]) -> None:
+    def _flush(
+        self, pending: list[tuple[torch.Tensor, torch.Tensor]], losses: list[float]
+    ) -> list[tuple[float, float]]:
         first = self.step - len(pending) + 1
-        for i, value in enumerate(torch.stack(pending).tolist()):
+        values = torch.stack([loss for loss, _ in pending]).tolist()
+        norms = torch.stack([norm for _, norm in pending]).tolist()
+        for i, value in enumerate(values):
             if not math.isfinite(value):
                 raise NonFiniteLossError(
                     f"loss is {value} at step {first + i}: training stopped; the last checkpoint "
                     f"({self.checkpoint_path}) is from before it"
                 )
             losses.append(value)
+        return list(zip(values, norms, strict=True))
 
     def _lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
         """Everything a resume needs (collective under DDP: every process must call it)."""
-        rng = rng_state()
-        rngs = [rng]
-        if self.world_size > 1:
-            rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, rng)
         return {
             "step": self.step,
             "config": self.config.to_dict(),
@@ -343,7 +313,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rngs,
+            "rng": all_gather_objects(rng_state()),
         }
 
     def save(self) -> None:
@@ -353,6 +323,8 @@ class Trainer:
             save_checkpoint(state, self.checkpoint_path)
 
     def _resume(self, state: dict) -> None:
+        path = self.checkpoint_path
+        require_keys(state, _STATE_KEYS, path)
         saved = TrainConfig.from_dict(state["config"]).to_dict()
         changed = sorted(
             k
@@ -361,168 +333,63 @@ class Trainer:
         )
         if changed:
             raise ValueError(
-                f"{self.checkpoint_path} was written with different {changed}: resume with the "
-                "same values or choose another out directory"
+                f"{path} was written with different {changed}: resume with the same values or "
+                "choose another out directory"
+            )
+        step = int(state["step"])
+        if self.config.steps < step:
+            raise ValueError(
+                f"{path} is at step {step}, past steps={self.config.steps}: pass steps > {step} "
+                "to train on, or choose another out directory (nothing was changed)"
+            )
+        if tuple(state["data_shape"]) != self.data_shape:
+            raise ValueError(
+                f"{path} was trained on data of shape {tuple(state['data_shape'])}, this data "
+                f"has {self.data_shape}: choose another out directory"
             )
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        check_finite_parameters(self.model, "model", path)
+        check_finite_parameters(self.ema.module, "EMA", path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        self.step = step
         rngs = state["rng"]
         if len(rngs) == self.world_size:
             set_rng_state(rngs[self.rank])
 
     def sample(self, n: int, *, method: str | None = None, steps: int | None = None):
-        """``n`` samples from the EMA weights, seeded by ``config.seed`` (grids stay comparable)."""
+        """``n`` samples from the EMA weights, seeded by ``config.seed`` (grids stay comparable).
+
+        A class-conditional run draws its classes in turn; a run with another condition draws
+        with the conditions of the first ``n`` training examples (repeated if fewer).
+        """
         cfg = self.config
+        labels = self.num_classes is not None and isinstance(self.cond, torch.Tensor)
+        cond = None
+        if self.cond is not None and not labels:
+            cond = select(self.cond, torch.arange(n, device=self.device) % self.x.shape[0])
         return sample_from(
             self.ema.module,
             self.sde,
             (n, *self.data_shape),
             prediction=sample_prediction(cfg),
-            num_classes=self.num_classes,
+            num_classes=self.num_classes if labels else None,
+            cond=cond,
             method=method or cfg.sample_method,
             steps=steps or cfg.sample_steps,
             generator=torch.Generator(self.device).manual_seed(cfg.seed),
         )
 
     def save_sample_grid(self, path: str | Path) -> None:
+        """Draw ``config.sample_n`` samples (default 64 images or 2000 points) and save them as
+        a PNG (:func:`sdekit.figures.save_samples`; points over the data in grey)."""
         n = self.config.sample_n or (64 if len(self.data_shape) == 3 else 2000)
         reference = self.x[:2000] if len(self.data_shape) == 1 else None
-        save_samples(self.sample(n), path, reference=reference)
-
-
-def sample_from(
-    model: nn.Module,
-    sde: LinearSDE,
-    shape: tuple[int, ...],
-    *,
-    prediction: str,
-    num_classes: int | None = None,
-    label: int | None = None,
-    method: str = "dpmpp_2m",
-    steps: int = 20,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Samples of a trained (class-conditional) model with :func:`sdekit.sampling.sample`.
-
-    A conditional model draws class ``label``, or the classes ``0, 1, ..., K-1`` in turn.
-    """
-    from .sampling import sample
-
-    device = next(model.parameters()).device
-    fn = model
-    if num_classes is not None:
-        if label is not None and not 0 <= label < num_classes:
-            raise ValueError(f"label must lie in [0, {num_classes}), got {label}")
-        ys = torch.arange(shape[0], device=device) % num_classes if label is None else None
-        ys = torch.full((shape[0],), label, device=device) if label is not None else ys
-
-        def fn(x, t):
-            return model(x, t, ys)
-
-    elif label is not None:
-        raise ValueError("label needs a class-conditional model")
-    with torch.no_grad():
-        x, _ = sample(
-            fn, sde, shape, method=method, steps=steps, prediction=prediction,
-            generator=generator, device=device,
-        )  # fmt: skip
-    return x
-
-
-class TrainedModel(NamedTuple):
-    """A trained network and what is needed to sample from it (see :func:`load_model`)."""
-
-    model: nn.Module
-    sde: LinearSDE
-    config: TrainConfig
-    data_shape: tuple[int, ...]
-    num_classes: int | None
-
-    def sample(
-        self,
-        n: int,
-        *,
-        method: str = "dpmpp_2m",
-        steps: int = 20,
-        label: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """``n`` samples with :func:`sample_from`."""
-        return sample_from(
-            self.model,
-            self.sde,
-            (n, *self.data_shape),
-            prediction=sample_prediction(self.config),
-            num_classes=self.num_classes,
-            label=label,
-            method=method,
-            steps=steps,
-            generator=generator,
-        )
-
-
-def load_model(
-    path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> TrainedModel:
-    """The trained network of a checkpoint (the EMA weights by default) in eval mode, with its
-    SDE, config, data shape and number of classes (``None`` if unconditional)."""
-    state = load_checkpoint(path, map_location=device)
-    config = TrainConfig.from_dict(state["config"])
-    sde = SDES[config.sde]()
-    shape = tuple(state["data_shape"])
-    model = build_model(config, shape, state["num_classes"], sde)
-    model.load_state_dict(state["ema"]["module"] if ema else state["model"])
-    return TrainedModel(model.to(device).eval(), sde, config, shape, state["num_classes"])
-
-
-def save_samples(
-    x: torch.Tensor, path: str | Path, *, reference: torch.Tensor | None = None
-) -> None:
-    """Save samples as a PNG: images ``(n, C, H, W)`` in :math:`[-1, 1]` as a square grid (values
-    outside are clipped for display only), 2D points as a scatter (over ``reference`` points in
-    grey), 1D points as a histogram."""
-    from matplotlib.figure import Figure
-
-    x = x.detach().float().cpu()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if x.ndim == 4:
-        n, c, h, w = x.shape
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
-        pixels = to_pixel_range(x, 1.0).clamp(0, 1)
-        for i in range(n):
-            r, q = divmod(i, cols)
-            grid[
-                :, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w
-            ] = pixels[i]
-        img = grid.permute(1, 2, 0).numpy()
-        fig = Figure(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.4))
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(
-            img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
-        )
-        ax.axis("off")
-    elif x.ndim == 2 and x.shape[1] in (1, 2):
-        fig = Figure(figsize=(5, 5))
-        ax = fig.subplots()
-        if x.shape[1] == 2:
-            if reference is not None:
-                ref = reference.detach().float().cpu()
-                ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label="data")
-            ax.scatter(x[:, 0], x[:, 1], s=2, label="samples")
-            ax.set_aspect("equal")
+        if callable(self.sample_grid):
+            with torch.no_grad():
+                x = self.sample_grid(self.ema.module, n)
         else:
-            if reference is not None:
-                ax.hist(reference[:, 0].float().cpu(), bins=80, density=True, color="0.75")
-            ax.hist(x[:, 0], bins=80, density=True, histtype="step")
-    else:
-        raise ValueError(
-            f"x must be images (n, C, H, W) or points (n, 1 or 2), got {tuple(x.shape)}"
-        )
-    fig.savefig(path, dpi=100)
+            x = self.sample(n)
+        save_samples(x, path, reference=reference)

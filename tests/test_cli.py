@@ -33,7 +33,9 @@ def toy_run(tmp_path_factory):
 
 def test_train_writes_run(toy_run):
     names = sorted(p.name for p in toy_run.iterdir())
-    assert names == ["checkpoint.pt", "config.json", "samples_0000003.png"]
+    assert names == [
+        "checkpoint.pt", "config.json", "log.jsonl", "loss.png", "samples_0000003.png"
+    ]  # fmt: skip
     assert json.loads((toy_run / "config.json").read_text())["data"] == "gmm_2d"
 
 
@@ -77,6 +79,17 @@ def test_config_file_then_flags(tmp_path):
     "argv, message",
     [
         (["train", "--data", "imagenet"], "data must be one of"),
+        (["train", "--sample-method", "bogus"], "sample_method must be one of ("),
+        (["train", "--data", "digits", "--image-size", "5"], "digits' has 8x8 images"),
+        (["train", "--data", "rings", "--data-root", "{tmp}"], "remove data_root"),
+        (["train", "--out", "{tmp}/a_file"], "out must be a run directory, "),
+        (["train", "--config", "{tmp}/wrong_type.toml"], "wrong_type.toml: lr must be a number"),
+        (["train", "--config", "{tmp}/syntax.toml"], "syntax.toml is not valid TOML"),
+        (["train", "--data", "folder", "--data-root", "{tmp}/images"], "broken.png is not a"),
+        (["sample", "--checkpoint", "{run_dir}"], "is a directory: pass the file inside it"),
+        (["sample", "--checkpoint", "{run}", "--out", "{tmp}/x.txt"], "--out must end with one"),
+        (["sample", "--checkpoint", "{run}", "--out", "{tmp}"], "is a directory"),
+        (["sample", "--checkpoint", "{tmp}/a_file"], "is empty"),
         (["train", "--data", "mnist", "--data-root", "{tmp}/nowhere"], "download"),
         (["train", "--lr", "-1"], "lr must be"),
         (["train", "--batch-size", "0"], "batch_size must be"),
@@ -89,8 +102,57 @@ def test_config_file_then_flags(tmp_path):
     ],
 )
 def test_errors_name_the_argument(argv, message, tmp_path, toy_run, capsys):
-    fill = {"tmp": str(tmp_path), "run": str(toy_run / "checkpoint.pt")}
+    from PIL import Image
+
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "wrong_type.toml").write_text('lr = "fast"\n')
+    (tmp_path / "syntax.toml").write_text("lr = \n")
+    (tmp_path / "images").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "images" / "good.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    fill = {"tmp": str(tmp_path), "run": str(toy_run / "checkpoint.pt"), "run_dir": str(toy_run)}
     with pytest.raises(SystemExit) as exit_:
         main([a.format(**fill) for a in argv] + ["--device", "cpu"])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_steps_below_the_run_are_refused(toy_run, capsys):
+    config = (toy_run / "config.json").read_text()
+    argv = ["train", "--data", "gmm_2d", "--steps", "2", "--out", str(toy_run), *TINY]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "is at step 3, past steps=2" in capsys.readouterr().err
+    assert (toy_run / "config.json").read_text() == config  # not rewritten
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_sample_on_cuda_without_cuda(toy_run, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", str(toy_run / "checkpoint.pt"), "--device", "cuda"])
+    assert "--device: device 'cuda' needs CUDA, which is not available" in capsys.readouterr().err
+
+
+def test_sample_does_not_depend_on_the_batch_size(toy_run, tmp_path):
+    args = ["sample", "--checkpoint", str(toy_run / "checkpoint.pt"), "--method",
+            "euler_maruyama", "--steps", "3", "--n", "5", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--batch-size", "2", "--out", str(tmp_path / "two.pt")]) == 0
+    assert main([*args, "--batch-size", "5", "--out", str(tmp_path / "five.pt")]) == 0
+    two, five = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "five.pt")
+    assert two.shape == (5, 2) and torch.allclose(two, five, rtol=0, atol=1e-5)
+    assert not torch.allclose(two[0], two[1])  # and the samples differ from each other
+
+
+def test_help_shows_every_default_once():
+    from sdekit.cli import build_parser
+
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        for action in sub._actions:
+            if action.help is None or action.dest == "help" or action.required:
+                continue
+            text = action.help % {"default": action.default}
+            assert text.count("(default:") == 1 and "(default: None)" not in text, text
+    train_help = build_parser().parse_known_args(["train"])[0].parser.format_help()
+    assert "fashion_mnist" in train_help.split("--data-root")[2].split("--toy-size")[0]
+    assert "(default: 1 2)" in " ".join(train_help.split())  # channel_mults as typed

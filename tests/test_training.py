@@ -293,3 +293,195 @@ def test_save_samples(tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="images"):
         save_samples(torch.randn(5, 3), tmp_path / "bad.png")
+
+
+# --- other kinds of training through the same Trainer (classifier, ControlNet)
+
+
+def test_classifier_is_trained_with_labels_as_cond(tmp_path):
+    """A noise-conditional classifier: own model, own loss, data (x, labels), no sample grids."""
+    from sdekit.linear import VPSDE
+    from sdekit.seeding import BatchOrder
+
+    sde = VPSDE()
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    labels = (x[:, 0] > 0).long()
+    seen = []
+
+    def cross_entropy_on_noisy_x(net, x0, *, cond, generator):
+        seen.append(cond)
+        t = sde.t_min + (sde.T - sde.t_min) * torch.rand(x0.shape[0], generator=generator)
+        alpha, sigma = sde.marginal(t)
+        x_t = alpha[:, None] * x0 + sigma[:, None] * torch.randn(x0.shape, generator=generator)
+        return nn.functional.cross_entropy(net(x_t, t), cond)
+
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 2))
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = classifier
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    cfg = tiny(tmp_path, steps=4, batch_size=16, grad_accum=2)
+    trainer = Trainer(cfg, model=Classifier(), loss_fn=cross_entropy_on_noisy_x,
+                      data=(x, labels), sample_grid=False)  # fmt: skip
+    losses = trainer.train()
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    order = BatchOrder(64, 16, cfg.seed, torch.device("cpu"))
+    # each micro-batch's loss saw exactly its rows of the labels
+    assert torch.equal(seen[0], labels[order(0)[:8]]) and torch.equal(seen[1], labels[order(0)[8:]])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint.pt", "config.json", "log.jsonl", "loss.png"]  # no sample grid
+
+
+class Controlled(nn.Module):
+    """A ControlNet stand-in: a frozen eps-network plus a trainable branch fed the hint; it checks
+    that the two entries of its dict condition belong to the same examples, and its state dict
+    holds the control branch only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.base = nn.Sequential(nn.Linear(3, 16), nn.SiLU(), nn.Linear(16, 2)).requires_grad_(
+            False
+        )
+        self.control = nn.Linear(2, 2)
+        self.hints_seen = []
+
+    def forward(self, x, t, cond):
+        hint, labels = cond["hint"], cond["labels"]
+        assert torch.equal(labels, hint[:, 0].long() % 3)  # rows sliced with one index
+        if self.training:
+            self.hints_seen.append(hint[:, 0].long())
+        return self.base(torch.cat([x, t[:, None]], 1)) + self.control(hint)
+
+    def state_dict(self, *args, **kwargs):
+        return self.control.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict=True):
+        return self.control.load_state_dict(state, strict)
+
+
+def controlnet_data():
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    index = torch.arange(64.0)[:, None]
+    return x, {"hint": index.expand(64, 2).clone(), "labels": torch.arange(64) % 3}
+
+
+def test_controlnet_trains_only_its_branch_and_resumes_bitwise(tmp_path):
+    from sdekit.seeding import BatchOrder
+
+    model = Controlled()
+    base_before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    trainer = Trainer(
+        tiny(tmp_path / "a", steps=4, sample_n=8), model=model, data=controlnet_data()
+    )
+    control_ids = {id(p) for p in model.control.parameters()}
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == control_ids
+    losses = trainer.train()
+    assert all(torch.equal(v, base_before[k]) for k, v in model.base.state_dict().items())
+    assert model.control.weight.grad is None and not torch.equal(
+        trainer.ema.module.control.weight, Controlled().control.weight
+    )  # the branch moved, its average too
+    # the average shares the frozen base instead of copying it
+    assert all(p is q for p, q in zip(trainer.ema.module.base.parameters(),
+                                      model.base.parameters(), strict=True))  # fmt: skip
+    order = BatchOrder(64, 32, 0, torch.device("cpu"))
+    assert torch.equal(model.hints_seen[0], order(0)) and torch.equal(model.hints_seen[3], order(3))
+    state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert set(state["model"]) == {"weight", "bias"} == set(state["ema"]["module"])
+    assert (tmp_path / "a" / "samples_0000004.png").is_file()  # grid with the first 8 hints
+
+    first = Trainer(tiny(tmp_path / "b", steps=2, sample_n=8), model=Controlled(),
+                    data=controlnet_data())  # fmt: skip
+    assert first.train() == losses[:2]
+    resumed = Trainer(tiny(tmp_path / "b", steps=4, sample_n=8), model=Controlled(),
+                      data=controlnet_data())  # fmt: skip
+    assert resumed.step == 2 and resumed.train() == losses[2:]
+    assert torch.equal(resumed.model.control.weight, model.control.weight)
+
+
+def test_ema_averages_only_trainable_parameters():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)).double()
+    model[0].requires_grad_(False)
+    ema = EMA(model, 0.5, warmup=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the frozen layer too: it is shared, not averaged
+    before = ema.module[1].weight.clone()
+    ema.update(model)
+    assert ema.module[0].weight is model[0].weight
+    assert torch.allclose(ema.module[1].weight, before + 0.5, rtol=0, atol=1e-15)
+
+
+# --- what the trainer refuses
+
+
+def test_trainer_refuses_bad_data(tmp_path):
+    cfg = tiny(tmp_path)
+    with pytest.raises(ValueError, match=r"data x must be a floating-point tensor.*x\.float\(\)"):
+        Trainer(cfg, data=(torch.arange(512).reshape(256, 2), None))
+    x = torch.randn(256, 2)
+    x[3, 0], x[7, 1], x[7, 0] = math.nan, math.inf, math.nan
+    with pytest.raises(ValueError, match=r"2 NaN and 1 infinite values \(in 2 of 256 examples\)"):
+        Trainer(cfg, data=(x, None))
+    with pytest.raises(ValueError, match="class_conditional=True"):
+        Trainer(cfg, data=(torch.randn(256, 2), torch.zeros(256, dtype=torch.long)))
+    with pytest.raises(ValueError, match="batch size 256"):
+        Trainer(tiny(tmp_path, class_conditional=True), data=(torch.randn(256, 2), torch.zeros(9)))
+    with pytest.raises(ValueError, match=r"channel_mults \(1, 2, 2, 2\).*28x28.*at most 3"):
+        Trainer(tiny(tmp_path, channel_mults=(1, 2, 2, 2)), data=(torch.zeros(32, 1, 28, 28), None))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out must be a run directory"):
+        Trainer(tiny(tmp_path / "file"))
+
+
+def test_steps_below_the_checkpoint_are_refused(tmp_path):
+    Trainer(tiny(tmp_path, steps=3), model=net()).train()
+    written = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"at step 3, past steps=2"):
+        Trainer(tiny(tmp_path, steps=2), model=net())
+    assert (tmp_path / "config.json").read_text() == written
+
+
+# --- what a run reports
+
+
+def test_log_progress_lines_early_grid_and_loss_curve(tmp_path, capsys):
+    trainer = Trainer(tiny(tmp_path, steps=101, log_every=50, sample_every=1000, sample_n=16,
+                           grad_clip=0.0))  # fmt: skip
+    losses = trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [50, 100, 101]
+    # the early grid at step 100, then the final one; the loss is the mean since the last line
+    assert [r.get("samples") for r in records] == [
+        None,
+        "samples_0000100.png",
+        "samples_0000101.png",
+    ]
+    assert records[0]["loss"] == pytest.approx(math.fsum(losses[:50]) / 50, rel=1e-12)
+    assert records[2]["loss"] == pytest.approx(losses[100], rel=1e-12)
+    assert records[2]["lr"] == trainer.optimizer.param_groups[0]["lr"]
+    assert all(r["grad_norm"] > 0 and r["steps_per_s"] > 0 for r in records)
+    assert all(
+        r["examples_per_s"] == pytest.approx(32 * r["steps_per_s"], rel=1e-3) for r in records
+    )
+    assert records[0]["elapsed_s"] <= records[1]["elapsed_s"] <= records[2]["elapsed_s"]
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 3 and lines[0].startswith("step 50/101  loss ")
+    assert "steps/s" in lines[0] and "ETA" in lines[0] and lines[1].endswith("samples_0000100.png")
+
+
+def test_resumed_log_drops_lines_past_the_checkpoint(tmp_path):
+    Trainer(tiny(tmp_path, steps=4, log_every=2)).train()
+    with (tmp_path / "log.jsonl").open("a") as f:  # an interrupted run logged past its checkpoint
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "lo')
+    Trainer(tiny(tmp_path, steps=6, log_every=2)).train()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[2]["elapsed_s"] >= records[1]["elapsed_s"]

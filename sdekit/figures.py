@@ -1,0 +1,82 @@
+"""Figures of a training run: sample grids (:func:`save_samples`) and the loss curve
+(:func:`save_loss_curve`), written as PNG files with matplotlib's object API (no global state, any
+backend)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .data import to_pixel_range
+
+
+def save_samples(
+    x: torch.Tensor, path: str | Path, *, reference: torch.Tensor | None = None
+) -> None:
+    """Save samples as a PNG: images ``(n, C, H, W)`` in :math:`[-1, 1]` as a square grid (values
+    outside are clipped for display only), 2D points as a scatter (over ``reference`` points in
+    grey), 1D points as a histogram; a legend tells data from samples."""
+    from matplotlib.figure import Figure
+
+    x = x.detach().float().cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if x.ndim == 4:
+        n, c, h, w = x.shape
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
+        pixels = to_pixel_range(x, 1.0).clamp(0, 1)
+        for i in range(n):
+            r, q = divmod(i, cols)
+            grid[
+                :, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w
+            ] = pixels[i]
+        img = grid.permute(1, 2, 0).numpy()
+        fig = Figure(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.4))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(
+            img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+        )
+        ax.axis("off")
+    elif x.ndim == 2 and x.shape[1] in (1, 2):
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
+        ref = None if reference is None else reference.detach().float().cpu()
+        if x.shape[1] == 2:
+            if ref is not None:
+                ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label="data")
+            ax.scatter(x[:, 0], x[:, 1], s=2, label="samples")
+            ax.set_aspect("equal")
+        else:
+            if ref is not None:
+                ax.hist(ref[:, 0], bins=80, density=True, color="0.75", label="data")
+            ax.hist(x[:, 0], bins=80, density=True, histtype="step", label="samples")
+        ax.legend(loc="upper right", markerscale=4)
+    else:
+        raise ValueError(
+            f"x must be images (n, C, H, W) or points (n, 1 or 2), got {tuple(x.shape)}"
+        )
+    fig.savefig(path, dpi=100)
+
+
+def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path) -> None:
+    """Save the training loss against the step as a PNG (log scale when every loss is > 0)."""
+    from matplotlib.figure import Figure
+
+    if len(steps) != len(losses):
+        raise ValueError(f"steps and losses must match, got {len(steps)} and {len(losses)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(steps, losses, lw=1)
+    if losses and min(losses) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (mean since the previous point)")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
