@@ -49,7 +49,7 @@ def save_samples(
         if x.shape[1] == 2:
             if ref is not None:
                 ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.75", label="data")
-            ax.scatter(x[:, 0], x[:, 1], s=2, label="samples")
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, label="samples")
             ax.set_aspect("equal")
         else:
             if ref is not None:
@@ -73,7 +73,7 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | P
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(6, 3.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot(steps, losses, lw=1)
+    ax.plot(steps, losses, lw=1, marker="." if len(steps) < 50 else None)
     if losses and min(losses) > 0:
         ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -66,7 +66,8 @@ from .checkpoint import (
     set_rng_state,
 )
 from .conditioning import Cond, select
-from .config import RESUMABLE_CHANGES, SDES, TrainConfig
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .config import SDES as SDES  # re-exported: the names people import from sdekit.training
 from .distributed import (
     all_gather_objects,
     all_reduce_mean,
@@ -78,30 +79,19 @@ from .distributed import (
 )
 from .ema import EMA
 from .figures import save_samples
-from .inference import TrainedModel, load_model, sample_from
+from .inference import TrainedModel as TrainedModel
+from .inference import load_model as load_model
+from .inference import sample_from
 from .run_log import RunLog
 from .seeding import BatchOrder, noise_generator, seed_global_generators
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: the first sample grid of a :meth:`Trainer.train` call comes after this many steps or seconds
-#: (whichever is first), so that a wrong setup shows in minutes, then every ``sample_every``
-EARLY_GRID_STEPS, EARLY_GRID_SECONDS = 100, 60.0
+#: the first sample grid of a :meth:`Trainer.train` call comes after this many steps, or
+EARLY_GRID_STEPS = 100
+#: after this many seconds if that is sooner: a wrong setup shows in minutes
+EARLY_GRID_SECONDS = 60.0
 _STATE_KEYS = ("step", "config", "data_shape", "num_classes", "model", "ema", "optimizer",
                "scheduler", "scaler", "rng")  # fmt: skip
-
-__all__ = [
-    "CHECKPOINT_NAME",
-    "NonFiniteLossError",
-    "SDES",
-    "TrainConfig",
-    "TrainedModel",
-    "Trainer",
-    "build_model",
-    "load_model",
-    "sample_from",
-    "sample_prediction",
-    "save_samples",
-]
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import check_choice
+
 #: where ``apt-get install dataset-fashion-mnist`` (Debian) puts the official IDX files
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
 
@@ -118,8 +120,7 @@ def load_mnist(root: str | Path, split: str = "train") -> tuple[torch.Tensor, to
     ``root`` holds ``{train,t10k}-images-idx3-ubyte`` and ``{train,t10k}-labels-idx1-ubyte``, raw or
     ``.gz``, as distributed.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_choice("split", split, ("train", "test"))
     root, prefix = Path(root), "train" if split == "train" else "t10k"
     images = _idx_file(root, f"{prefix}-images-idx3-ubyte")
     labels = _idx_file(root, f"{prefix}-labels-idx1-ubyte")
@@ -146,8 +147,7 @@ def load_cifar10(root: str | Path, split: str = "train") -> tuple[torch.Tensor, 
     ``root`` is the extracted ``cifar-10-batches-py`` directory: ``data_batch_1`` … ``data_batch_5``
     and ``test_batch``, pickles of ``{b"data": (n, 3072) uint8, b"labels": [int]}``.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_choice("split", split, ("train", "test"))
     root = Path(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     missing = [n for n in names if not (root / n).is_file()]
@@ -186,8 +186,7 @@ def load_image_folder(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root must be a directory of images, {root} does not exist")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    check_choice("channels", channels, (1, 3))
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
