@@ -18,7 +18,9 @@ from sdekit.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from sdekit.training import TrainConfig, Trainer, load_model
+from sdekit.config import TrainConfig
+from sdekit.inference import load_model
+from sdekit.training import Trainer
 
 
 @pytest.fixture(scope="module")
