@@ -11,7 +11,7 @@ from .embeddings import GaussianFourierEmbedding, LabelEmbedding
 
 
 class MLP(nn.Module):
-    r"""An MLP :math:`F_\theta(x, t, y)` for data ``(batch, dim)``; the output is shaped like ``x``.
+    r"""An MLP :math:`F_\theta(x, t, y)` for data ``(batch, dim)``; the output is ``(batch, out_dim)``.
 
     Time enters as Gaussian Fourier features of ``t`` exactly as passed in (raw :math:`t`, or
     :math:`\tfrac14\ln\sigma` behind :class:`EDMPrecond`), lifted by a linear layer and added, with
@@ -24,6 +24,8 @@ class MLP(nn.Module):
         depth: number of hidden layers (>= 1).
         time_features: number of Fourier features of ``t`` (even).
         num_classes: number of class labels, or ``None`` for an unconditional model.
+        out_dim: output width; ``None`` for ``dim`` (``2 * dim`` for
+            :class:`~sdekit.elbo.LearnedVariance`).
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class MLP(nn.Module):
         depth: int = 3,
         time_features: int = 16,
         num_classes: int | None = None,
+        out_dim: int | None = None,
     ):
         super().__init__()
         if depth < 1:
@@ -44,7 +47,7 @@ class MLP(nn.Module):
         self.label = LabelEmbedding(num_classes, hidden)
         self.inp = nn.Linear(dim, hidden)
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, dim if out_dim is None else out_dim)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None

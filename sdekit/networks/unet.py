@@ -73,7 +73,7 @@ class UNet(nn.Module):
     r"""A DDPM++-style UNet :math:`F_\theta(x, t, y)` on ``(batch, in_channels, size, size)``.
 
     Args:
-        in_channels: image channels (the output has as many).
+        in_channels: image channels (the output has as many unless ``out_channels`` is given).
         image_size: height and width; must be divisible by ``2 ** (len(channel_mults) - 1)``.
         base_channels: channels of the first level; level ``i`` has
             ``base_channels * channel_mults[i]``.
@@ -84,6 +84,8 @@ class UNet(nn.Module):
         embedding: ``"fourier"`` (Gaussian Fourier features of ``t``, NCSN++) or ``"sinusoidal"``
             (positional features of ``1000 t``, DDPM); see :mod:`sdekit.networks.embeddings`.
         num_classes: number of class labels, or ``None`` for an unconditional model.
+        out_channels: output channels; ``None`` for ``in_channels`` (``2 * in_channels`` for
+            :class:`~sdekit.elbo.LearnedVariance`).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         embedding: str = "fourier",
         num_classes: int | None = None,
+        out_channels: int | None = None,
     ):
         super().__init__()
         if not channel_mults or min(channel_mults) < 1:
@@ -158,7 +161,7 @@ class UNet(nn.Module):
                 )
                 res *= 2
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None

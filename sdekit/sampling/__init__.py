@@ -5,7 +5,16 @@
 """
 
 # The method modules are imported for their @register side effect.
-from . import adaptive, ddim, dpm_solver, euler, heun, ode, predictor_corrector  # noqa: F401
+from . import (  # noqa: F401
+    adaptive,
+    ddim,
+    dpm_solver,
+    euler,
+    heun,
+    learned_variance,
+    ode,
+    predictor_corrector,
+)
 from .api import SampleInfo, list_samplers, sample
 from .grids import GRIDS, time_grid
 from .noise import NoiseSource
