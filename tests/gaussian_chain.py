@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -113,6 +114,16 @@ class GaussianChain:
         e_log_n = -0.5 * (LOG_2PI + m**2 + var)
         return (e_log_q - e_log_n).sum(-1)
 
+    def sample_moments(self, var):
+        r"""Mean and variance ``(d,)`` of DDPM's output (the decoder's mean, no final noise) started at
+        :math:`\mathcal N(0, I)` with reverse variances ``var`` (levels 1..N-1 used)."""
+        P, Q = self._model_mean()
+        d = self.s.shape[0]
+        m, w = torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)
+        for i in range(self.N - 1, 0, -1):
+            m, w = P[i] * m + Q[i], P[i] ** 2 * w + var[i]
+        return P[0] * m + Q[0], P[0] ** 2 * w
+
     def model_log_likelihood(self, x0, var):
         r""":math:`\log p_\theta(x_0)` of the chain model itself: :math:`\mathcal N(0, I)` pushed through
         the reverse kernels :math:`\mathcal N(P x_i + Q, \Sigma_i)` (a Gaussian recursion)."""
@@ -151,3 +162,26 @@ def continuous_bound(mu, s, sde, x0):
     D = x0.shape[-1]
     reconstruction = 0.5 * D * (LOG_2PI + 1 + 2 * torch.log(sigma[0] / alpha[0]))
     return prior.sum(-1), diffusion, reconstruction.expand(x0.shape[0])
+
+
+def eps_oracle(gm, sde):
+    """The exact noise prediction under ``sde``: -sigma times the exact score of the mixture."""
+
+    def model(x, t):
+        return -sde.sigma(t)[:, None] * gm.score(x, t, sde)
+
+    return model
+
+
+class OracleVariance(nn.Module):
+    """The exact eps next to a ``v`` per level (a parameter), as a LearnedVariance network outputs
+    them; the level is the one whose time ``times`` is nearest the input's."""
+
+    def __init__(self, gm, sde, times, v):
+        super().__init__()
+        self.eps, self.times = eps_oracle(gm, sde), times
+        self.v = nn.Parameter(torch.as_tensor(v, dtype=torch.float64).clone())
+
+    def forward(self, x, t):
+        level = (t[:, None] - self.times[None].to(t)).abs().argmin(1)
+        return torch.cat([self.eps(x, t), self.v[level].to(x.dtype)], 1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import linear_sdes
-from gaussian_chain import GaussianChain, continuous_bound
+from gaussian_chain import GaussianChain, OracleVariance, continuous_bound, eps_oracle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import ndtr
@@ -30,28 +30,6 @@ from sdekit.likelihood import log_likelihood
 
 MU, S = [0.3, -0.5], [0.5, 0.8]
 GM = sdekit.GaussianMixture([1.0], [MU], [S])
-
-
-def eps_oracle(gm, sde):
-    """The exact noise prediction of Gaussian data under ``sde``: -sigma times the exact score."""
-
-    def model(x, t):
-        return -sde.sigma(t)[:, None] * gm.score(x, t, sde)
-
-    return model
-
-
-class OracleVariance(torch.nn.Module):
-    """Exact eps next to a v per level (a parameter), as a LearnedVariance network outputs them."""
-
-    def __init__(self, gm, sde, times, v):
-        super().__init__()
-        self.eps, self.times = eps_oracle(gm, sde), times
-        self.v = torch.nn.Parameter(torch.as_tensor(v, dtype=torch.float64).clone())
-
-    def forward(self, x, t):
-        level = (t[:, None] - self.times[None].to(t)).abs().argmin(1)
-        return torch.cat([self.eps(x, t), self.v[level]], 1)
 
 
 def logsnr_schedule(sde, N):
