@@ -128,7 +128,7 @@ def test_bound_loss_is_the_dsm_loss_times_half_the_time_range_plus_a_constant():
 
 
 def test_pixel_reconstruction_is_the_normalised_gaussian_over_the_levels():
-    sde = sdekit.VESDE(sigma_min=0.3)
+    sde = sdekit.VPSDE(t_min=0.05)  # alpha(t_min) = 0.985, sigma = 0.17: both matter
     levels = 5
     pixels = torch.tensor([[0, 1, 2, 3, 4], [4, 4, 0, 0, 2]], dtype=torch.float64)
     b = continuous_bound(
@@ -144,10 +144,10 @@ def test_pixel_reconstruction_is_the_normalised_gaussian_over_the_levels():
         sde, x, levels, generator=torch.Generator().manual_seed(1)
     )
     eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    sigma = sde.sigma(torch.tensor(sde.t_min, dtype=torch.float64))
-    z = x + sigma * eps
+    alpha, sigma = sde.marginal(torch.tensor(sde.t_min, dtype=torch.float64))
+    z = alpha * x + sigma * eps
     centres = torch.linspace(-1, 1, levels, dtype=torch.float64)
-    log_q = -0.5 * ((z[..., None] - centres) / sigma) ** 2  # log q(z | level k) + const
+    log_q = -0.5 * ((z[..., None] - alpha * centres) / sigma) ** 2  # log q(z | level k) + const
     log_p = log_q - torch.logsumexp(log_q, -1, keepdim=True)
     expected = -log_p.gather(-1, pixels.long()[..., None])[..., 0].sum(1)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

@@ -255,26 +255,37 @@ def test_exact_reverse_kernels_give_the_data_log_likelihood_up_to_the_prior_mism
 
 
 def test_monte_carlo_estimates_are_unbiased_against_the_exact_sum():
+    # one million draws of one term each: a bias above ~2.5% of the bound would show
     sde = sdekit.VPSDE()
     schedule = logsnr_schedule(sde, 20)
     chain = GaussianChain(MU, S, schedule.betas)
     model = eps_oracle(GM, sde)
     x0 = [0.6, 0.1]
     exact = float(chain.bound(x0, chain.variances("beta_tilde")))
-    n = 20000
+    n, k = 50000, 20
     g = torch.Generator().manual_seed(0)
-    uniform = ddpm_bound(model, sde, repeated(x0, n), schedule, samples=2, generator=g)
+    uniform = ddpm_bound(model, sde, repeated(x0, n), schedule, samples=k, generator=g)
+    assert uniform.nfe == k and uniform.levels.shape == (n, k)
+    torch.testing.assert_close(uniform.probs, torch.full((n, k), 1 / 20, dtype=torch.float64))
     sampler = SecondMomentSampler(20)
     ddpm_bound(model, sde, repeated(x0, 500), schedule, samples=2, sampler=sampler, generator=g)
-    assert float(sampler.probs().std()) > 0  # warmed up: no longer uniform
+    p = sampler.probs().clone()
+    assert float(p.std()) > 0  # warmed up: no longer uniform
     importance = ddpm_bound(
-        model, sde, repeated(x0, n), schedule, samples=2, sampler=sampler, generator=g
+        model, sde, repeated(x0, n), schedule, samples=k, sampler=sampler, generator=g
     )
+    # the first draw's probabilities are those of the proposal it was drawn from
+    torch.testing.assert_close(importance.probs[:, 0], p[importance.levels[:, 0]])
     for est in (uniform, importance):
         se = float(est.total.std()) / math.sqrt(n)
-        assert abs(float(est.total.mean()) - exact) < 4 * se
-    # the point of importance sampling: a smaller variance (the big early KL terms drawn often)
-    assert float(importance.total.std()) < 0.75 * float(uniform.total.std())
+        assert abs(float(est.total.mean()) - exact) < 4 * se < 0.03 * exact
+        torch.testing.assert_close(est.total, est.prior + (est.terms / est.probs).mean(1))
+
+    # the point of importance sampling: a smaller variance (the big early terms drawn often)
+    def one_draw(est):
+        return float((est.terms[:, 0] / est.probs[:, 0]).std())
+
+    assert one_draw(importance) < 0.75 * one_draw(uniform)
 
 
 def test_discrete_bound_converges_to_the_continuous_one():
@@ -299,9 +310,9 @@ def test_discrete_bound_converges_to_the_continuous_one():
 
 
 def test_levels_beyond_the_horizon_cost_nothing_measurable():
-    # the standard 1000-step linear schedule ends slightly noisier than the VP SDE's T = 1; those
+    # the linear schedule (here on 250 levels) ends slightly noisier than the VP SDE's T = 1; those
     # levels are evaluated at T, which changes the bound by far less than its Monte-Carlo error
-    schedule = sdekit.DDPMSchedule.from_sde(sdekit.VPSDE(), 1000)
+    schedule = sdekit.DDPMSchedule.from_sde(sdekit.VPSDE(), 250)
     x0 = GM.sample(16, generator=torch.Generator().manual_seed(0))
     totals = []
     for T in (1.0, 1.05):

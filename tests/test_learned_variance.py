@@ -195,7 +195,7 @@ def _sample(model, method, v_model=None, **kw):
         dtype=torch.float64,
         generator=torch.Generator().manual_seed(0),
         denoise_final=False,  # (by default only for stochastic methods, which DDIM is not)
-        **({"learned_variance": v_model} if v_model else {}),
+        **({"v": v_model} if v_model is not None else {}),
         **kw,
     )[0]
 
@@ -210,9 +210,10 @@ def test_learned_samplers_reduce_to_the_fixed_ones_at_the_ends_of_the_interpolat
     ):
         model = LearnedVariance(ConstantV(net, v), schedule, SDE)
         with torch.no_grad():
-            torch.testing.assert_close(
-                _sample(model, "ancestral_learned", model), _sample(net, fixed, **kw)
-            )
+            reference = _sample(net, fixed, **kw)
+            torch.testing.assert_close(_sample(model, "ancestral_learned", model), reference)
+            # a number v fixes the interpolation for every step, with any network
+            torch.testing.assert_close(_sample(net, "ancestral_learned", v), reference)
             if v == 0.0:
                 got = _sample(model, "ddim_learned", model)
                 torch.testing.assert_close(got, _sample(net, "ddim", eta=1.0))
@@ -238,7 +239,7 @@ def test_ancestral_sampling_on_the_chain_has_the_predicted_law(variance):
             (n, 2),
             method="ancestral_learned",
             prediction="eps",
-            learned_variance=model,
+            v=model,
             grid=times.flip(0),
             dtype=torch.float64,
             generator=torch.Generator().manual_seed(0),
@@ -263,13 +264,15 @@ def test_samplers_need_a_learned_variance_network():
     net = MLP(2, 8, 1)
     for method in ("ancestral_learned", "ddim_learned"):
         with pytest.raises(ValueError, match="LearnedVariance"):
-            sdekit.sample(net, SDE, (4, 2), method=method, prediction="eps", learned_variance=net)
-        with pytest.raises(TypeError, match="learned_variance"):
+            sdekit.sample(net, SDE, (4, 2), method=method, prediction="eps", v=net)
+        with pytest.raises(TypeError, match="'v'"):
             sdekit.sample(net, SDE, (4, 2), method=method, prediction="eps")
+        with pytest.raises(ValueError, match="v must be finite"):
+            sdekit.sample(net, SDE, (4, 2), method=method, prediction="eps", v=math.nan)
+        with pytest.raises(ValueError, match="v must be the LearnedVariance network"):
+            sdekit.sample(net, SDE, (4, 2), method=method, prediction="eps", v="learned")
     model = LearnedVariance(MLP(2, 8, 1, out_dim=4), sdekit.DDPMSchedule.from_sde(SDE, 40), SDE)
     other = LearnedVariance(MLP(2, 8, 1, out_dim=4), sdekit.DDPMSchedule.from_sde(SDE, 40), SDE)
     with pytest.raises(ValueError, match="no v from the latest call"):
         with torch.no_grad():
-            sdekit.sample(
-                model, SDE, (4, 2), method="iddpm", prediction="eps", learned_variance=other
-            )
+            sdekit.sample(model, SDE, (4, 2), method="iddpm", prediction="eps", v=other)

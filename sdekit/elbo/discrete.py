@@ -315,7 +315,7 @@ def terms_from_eps(
     def g(table):
         return broadcast_to_data(table[i].to(x0.dtype), x0)
 
-    err = g(c.mean_coef) * (noise - eps_hat)  # mu_tilde - mu_theta; at level 0 x0_hat - x0
+    err = g(c.mean_coef) * (noise - eps_hat)  # mu_theta - mu_tilde; at level 0, x0_hat - x0
     kl = gaussian_kl(err, g(c.log_beta_tilde), 0.0, log_var)
     mean = x0 + err  # the decoder's x0_hat; err carries its own coefficient at level 0
     if levels is None:

@@ -9,13 +9,12 @@ the network's :math:`v` (:class:`~sdekit.elbo.LearnedVariance`) gives
           + (1 - v)\log\frac{\sigma_s^2\sigma_{t|s}^2}{\sigma_t^2}\Bigr),
 
 elementwise. The samplers read :math:`v` from the same network call as the score (no extra
-evaluation), so pass the network given to :func:`~sdekit.sampling.sample` also as
-``learned_variance``:
+evaluation), so pass the network given to :func:`~sdekit.sampling.sample` also as ``v``; a number
+``v`` instead fixes the interpolation for every step (0: :math:`\tilde\beta`, 1: :math:`\beta`):
 
 .. code-block:: python
 
-   x, info = sample(net, sde, shape, method="ancestral_learned", prediction="eps",
-                    learned_variance=net, steps=50)
+   x, info = sample(net, sde, shape, method="ancestral_learned", prediction="eps", v=net, steps=50)
 
 - ``"ancestral_learned"``: the posterior mean given :math:`\hat x_0` plus that variance,
   :math:`x_s = (x_t + \sigma_{t|s}^2 s_\theta)/a + \Sigma_\theta^{1/2} z` (Ho et al. 2020, Alg. 2 with
@@ -31,6 +30,7 @@ evaluation), so pass the network given to :func:`~sdekit.sampling.sample` also a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -42,6 +42,21 @@ from ..sde import ScoreFn
 from .grids import batch_time
 from .noise import NoiseSource
 from .registry import register, run_callback
+
+
+def _v_reader(v) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``read(x)``: the v of the latest network call (shaped like ``x``), or the fixed number."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        if not math.isfinite(v):
+            raise ValueError(f"v must be finite, got {v}")
+        return lambda x: torch.tensor(float(v), dtype=x.dtype, device=x.device)
+    if not callable(v):
+        raise ValueError(
+            "v must be the LearnedVariance network that is sampled (its v is read from each call) "
+            f"or a number, got {type(v).__name__}"
+        )
+    find_learned_variance(v)
+    return lambda x: take_v(v, x).to(x.dtype)
 
 
 def _step_variances(sde: LinearSDE, ts: torch.Tensor):
@@ -69,23 +84,23 @@ def ancestral_learned(
     ts: torch.Tensor,
     *,
     noise: NoiseSource,
-    learned_variance: Callable,
+    v: Callable | float,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling whose variance is the network's (module notes).
 
     Args:
-        learned_variance: the :class:`~sdekit.elbo.LearnedVariance` network that is sampled.
+        v: the :class:`~sdekit.elbo.LearnedVariance` network that is sampled, or a fixed v.
     """
-    find_learned_variance(learned_variance)
+    read_v = _v_reader(v)
     log_a, log_var_ts, log_post = _step_variances(sde, ts)
     inv_a = torch.exp(-log_a).to(x.dtype)
     var_ts = torch.exp(log_var_ts).to(x.dtype)
     log_var_ts, log_post = log_var_ts.to(x.dtype), log_post.to(x.dtype)
     for i in range(ts.shape[0] - 1):
         score_t = score(x, batch_time(ts[i], x))
-        v = take_v(learned_variance, x).to(x.dtype)
-        std = torch.exp(0.5 * (v * log_var_ts[i] + (1 - v) * log_post[i]))
+        v_i = read_v(x)
+        std = torch.exp(0.5 * (v_i * log_var_ts[i] + (1 - v_i) * log_post[i]))
         x = (x + var_ts[i] * score_t) * inv_a[i] + std * noise(x)
         x = run_callback(callback, i, x)
     return x
@@ -107,17 +122,17 @@ def ddim_learned(
     ts: torch.Tensor,
     *,
     noise: NoiseSource,
-    learned_variance: Callable,
+    v: Callable | float,
     eta: float = 1.0,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """DDIM whose noise variance is ``eta**2`` times the network's, capped at sigma_s^2.
 
     Args:
-        learned_variance: the :class:`~sdekit.elbo.LearnedVariance` network that is sampled.
+        v: the :class:`~sdekit.elbo.LearnedVariance` network that is sampled, or a fixed v.
         eta: the scale in [0, 1]; 0 is the deterministic DDIM (and ignores the variance).
     """
-    find_learned_variance(learned_variance)
+    read_v = _v_reader(v)
     eta = check_probability("eta", eta)
     log_a, log_var_ts, log_post = _step_variances(sde, ts)
     sigma = sde.sigma(ts)
@@ -130,11 +145,11 @@ def ddim_learned(
     rel_ts, rel_post = (log_var_ts - log_s2).to(x.dtype), (log_post - log_s2).to(x.dtype)
     for i in range(ts.shape[0] - 1):
         eps = -sigma[i] * score(x, batch_time(ts[i], x))
-        v = take_v(learned_variance, x).to(x.dtype)
+        v_i = read_v(x)
         if eta == 0:
             x = keep[i] * x + s_next[i] * (1 - exp_h[i]) * eps
         else:
-            r = (eta**2 * torch.exp(v * rel_ts[i] + (1 - v) * rel_post[i])).clamp(max=1.0)
+            r = (eta**2 * torch.exp(v_i * rel_ts[i] + (1 - v_i) * rel_post[i])).clamp(max=1.0)
             x = keep[i] * x + s_next[i] * (torch.sqrt(1 - r) - exp_h[i]) * eps
             x = x + s_next[i] * torch.sqrt(r) * noise(x)
         x = run_callback(callback, i, x)
