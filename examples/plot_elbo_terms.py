@@ -124,17 +124,17 @@ rows = {
 bounds = {}
 with torch.no_grad():
     for name, (model, variance, points) in rows.items():
-        b = ddpm_bound(model, sde, points, schedule, variance=variance,
-                       generator=torch.Generator(points.device).manual_seed(3))  # fmt: skip
+        g = torch.Generator(points.device).manual_seed(3)
+        b = ddpm_bound(model, sde, points, schedule, variance=variance, generator=g)
         bounds[name] = b
         print(
             f"{name:32s} -ELBO {float(b.total.mean()):7.3f} nats  (prior {float(b.prior.mean()):.1e})"
         )
-    _, v_net = net.with_variance(sdekit.VPSDE().perturb(
-        x.float().to(device).repeat(N, 1),
-        times.float().to(device).repeat_interleave(len(x)),
-        torch.randn(N * len(x), 2, generator=torch.Generator().manual_seed(4)).to(device),
-    ), times.float().to(device).repeat_interleave(len(x)))  # fmt: skip
+    # the learned v of every level, averaged over draws of x_i from the same points
+    t_all = times.float().to(device).repeat_interleave(len(x))
+    noise = torch.randn(N * len(x), 2, generator=torch.Generator().manual_seed(4)).to(device)
+    x_t = sde.perturb(x.float().to(device).repeat(N, 1), t_all, noise)
+    _, v_net = net.with_variance(x_t, t_all)
 print(f"{'data entropy -E log q(x0)':32s}       {entropy:7.3f} nats")
 v_net = v_net.view(N, len(x), 2).mean(1).cpu()
 

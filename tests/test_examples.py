@@ -95,6 +95,23 @@ def test_ddpm_update_equals_ancestral_step(tmp_path):
     assert w1 < 3 * floor
 
 
+def test_elbo_terms_exact_kernels_give_the_data_entropy(tmp_path):
+    out = run_example("plot_elbo_terms", tmp_path)
+
+    def bound(name):
+        (value,) = numbers(name + r"\s+-ELBO\s+([-\d.]+) nats", out)
+        return value
+
+    (entropy,) = numbers(r"data entropy -E log q\(x0\)\s+([-\d.]+) nats", out)
+    # exact reverse kernels: the bound is the data's entropy (the prior mismatch is ~1e-5 nats)
+    assert abs(bound("exact denoiser, exact variance") - entropy) < 0.05
+    # fixed variances pay for the mismatch, beta_tilde most on data this wide
+    assert bound("exact denoiser, beta_tilde") > bound("exact denoiser, beta")
+    assert bound("exact denoiser, beta") > bound("exact denoiser, exact variance") + 0.02
+    # the learned variance beats the fixed one of the same network
+    assert bound("trained MLP, learned variance") < bound("trained MLP, beta_tilde") - 1
+
+
 @pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 def test_every_example_has_a_gallery_title(script):
     """sphinx-gallery needs a module docstring that opens with a title underlined by ``=``."""

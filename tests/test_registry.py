@@ -91,7 +91,13 @@ def slope(steps: list[int], errors: list[float]) -> float:
 
 # PC's default Langevin corrector uses batch statistics (not affine) and has an O(snr^2) bias that
 # no step count removes: its declared order is the predictor's, measured with the corrector off.
-_OPTIONS = {"pc": {"corrector": "none"}}
+# The learned-variance samplers need a v; a fixed one makes them ancestral (v = 1, beta) and DDIM
+# with eta = 1 (v = 0, beta_tilde), both weak order 1.
+_OPTIONS = {
+    "pc": {"corrector": "none"},
+    "ancestral_learned": {"v": 1.0},
+    "ddim_learned": {"v": 0.0},
+}
 # adaptive methods have no step count to converge in
 FIXED_GRID = sorted(name for name, spec in SAMPLERS.items() if spec.evals_per_step is not None)
 DETERMINISTIC = [name for name in FIXED_GRID if not SAMPLERS[name].stochastic]
