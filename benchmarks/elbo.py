@@ -244,6 +244,7 @@ def main() -> None:
         else:
             net = UNet(1, 8, 64, (1, 2), 2, (4,), dropout=0.1, out_channels=2)
         model = LearnedVariance(NoiseLevelInput(net, sde), schedule, sde)
+        run_dir = tempfile.TemporaryDirectory(prefix="elbo_bench_")  # checkpoint and grid
         config = sdekit.TrainConfig(
             data="digits",
             steps=steps,
@@ -255,7 +256,7 @@ def main() -> None:
             device=args.device,
             sample_every=0,
             checkpoint_every=0,
-            out=tempfile.mkdtemp(prefix="elbo_bench_"),
+            out=run_dir.name,
         )
         if data == "discrete":
             loss_fn = HybridLoss(sde, schedule, levels=LEVELS)
@@ -271,6 +272,7 @@ def main() -> None:
             flush=True,
         )
         ema = trainer.ema.module.eval()
+        run_dir.cleanup()
         results[data] = evaluate(ema, sde, schedule, pixels, warm, terms, args.rtol, device)
 
     D = pixels[0].numel()
