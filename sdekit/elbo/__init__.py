@@ -3,7 +3,9 @@ reverse variances, and the continuous-time bound of any linear SDE.
 
 - :mod:`sdekit.elbo.discrete`: :func:`ddpm_bound` (the prior term, every KL term and the
   discretized-Gaussian decoder of Ho et al. 2020; the exact sum or an importance-sampled Monte-Carlo
-  estimate), for reverse variances :math:`\beta_t`, :math:`\tilde\beta_t` or learned;
+  estimate), for reverse variances :math:`\beta_t`, :math:`\tilde\beta_t` or learned; its
+  Gaussian pieces in :mod:`sdekit.elbo.gaussian`, the sampler of the terms in
+  :mod:`sdekit.elbo.importance`;
 - :mod:`sdekit.elbo.learned`: :class:`LearnedVariance`, a network that outputs Nichol & Dhariwal's
   variance interpolation :math:`v` next to its prediction;
 - :mod:`sdekit.elbo.hybrid`: :class:`HybridLoss`, :math:`L_\text{simple} + \lambda L_\text{vlb}`;
@@ -18,16 +20,15 @@ from .continuous import ContinuousBound, ContinuousBoundLoss, continuous_bound
 from .discrete import (
     VARIANCES,
     DiscreteBound,
-    SecondMomentSampler,
     Variance,
     ddpm_bound,
     ddpm_term,
-    discretized_gaussian_log_likelihood,
-    gaussian_kl,
     level_times,
     marginal_schedule,
 )
+from .gaussian import discretized_gaussian_log_likelihood, gaussian_kl
 from .hybrid import HybridLoss
+from .importance import SecondMomentSampler
 from .learned import LearnedVariance
 
 __all__ = [

@@ -56,7 +56,8 @@ SDE and the functions raise.
 **Estimates.** :func:`ddpm_bound` sums all :math:`N` terms (one draw of :math:`x_i` each, as the
 reference code does; :math:`N` network calls per batch) or estimates the sum by Monte Carlo,
 :math:`\sum_i L_i \approx L_j/p_j` with :math:`j \sim p`, uniform or importance-sampled by
-:class:`SecondMomentSampler` (:math:`p_i \propto \sqrt{\mathbb E[L_i^2]}`, Nichol & Dhariwal §3.1).
+:class:`~sdekit.elbo.SecondMomentSampler` (:math:`p_i \propto \sqrt{\mathbb E[L_i^2]}`, Nichol &
+Dhariwal §3.1).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ from ..discretization import DDPMSchedule
 from ..linear import LinearSDE
 from ..parameterization import check_prediction, to_eps
 from ..sde import broadcast_to_data
+from .gaussian import discretized_gaussian_log_likelihood, gaussian_kl, gaussian_log_likelihood
+from .importance import SecondMomentSampler
 
 #: the reverse variance :math:`\Sigma_\theta`
 Variance = Literal["beta", "beta_tilde", "learned"]
@@ -81,53 +84,6 @@ VARIANCES: tuple[str, ...] = get_args(Variance)
 
 #: levels noisier than the SDE's T may be evaluated at T only where SNR(T) is at most this
 PURE_NOISE_SNR = 1e-3
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_kl(mean1, log_var1, mean2, log_var2) -> torch.Tensor:
-    r"""Elementwise :math:`\mathrm{KL}(\mathcal N(m_1, e^{l_1})\,\Vert\,\mathcal N(m_2, e^{l_2}))
-    = \frac12(l_2 - l_1 + e^{l_1 - l_2} + (m_1 - m_2)^2 e^{-l_2} - 1)`."""
-    return 0.5 * (
-        log_var2
-        - log_var1
-        - 1
-        + torch.exp(log_var1 - log_var2)
-        + (mean1 - mean2) ** 2 * torch.exp(-log_var2)
-    )
-
-
-def _log_diff_ndtr(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log(\Phi(hi) - \Phi(lo))` for :math:`lo < hi`, accurate in both tails (reflected so
-    that the interval never lies in the upper tail, where both CDFs round to 1)."""
-    flip = lo > 0
-    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
-    log_hi = torch.special.log_ndtr(hi)
-    return log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
-
-
-def discretized_gaussian_log_likelihood(
-    x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, *, levels: int = 256
-) -> torch.Tensor:
-    r"""Elementwise :math:`\log P(x_0)` of the discretized Gaussian decoder (Ho et al. 2020, eq. 13).
-
-    :math:`P(x_0) = \Phi\bigl((x_0 + \delta - \mu)/\sigma\bigr) - \Phi\bigl((x_0 - \delta - \mu)/\sigma\bigr)`
-    with the bin half-width :math:`\delta = 1/(L-1)`, and the lower (upper) limit replaced by
-    :math:`-\infty` (:math:`+\infty`) in the first (last) bin, so the :math:`L` probabilities sum to 1.
-    Exact normal CDFs in log space (the reference code uses a tanh approximation clamped at
-    :math:`10^{-12}`). ``x0`` must lie on the grid :math:`2k/(L-1) - 1`.
-    """
-    half = 1.0 / (levels - 1)
-    inv_std = torch.exp(-0.5 * log_var)
-    inf = torch.full_like(x0, math.inf)
-    lo = torch.where(x0 < -1 + half, -inf, (x0 - half - mean) * inv_std)
-    hi = torch.where(x0 > 1 - half, inf, (x0 + half - mean) * inv_std)
-    return _log_diff_ndtr(lo, hi)
-
-
-def gaussian_log_likelihood(x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor):
-    """Elementwise :math:`\\log\\mathcal N(x_0; \\mu, e^{l})`, the decoder for continuous data."""
-    return -0.5 * (_LOG_2PI + log_var + (x0 - mean) ** 2 * torch.exp(-log_var))
 
 
 def check_levels(levels: int | None) -> int | None:
@@ -422,65 +378,6 @@ def _term(model, sde, c, x0, i, noise, variance, prediction, levels, cond, data_
     v = take_v(model, out).to(torch.float64) if variance == "learned" else None
     log_var = log_variance(c, i, x0, variance, v)
     return terms_from_eps(c, i, x0, noise, eps_hat, log_var, levels).flatten(1).sum(1)
-
-
-class SecondMomentSampler:
-    r"""Importance sampling of the levels, :math:`p_i \propto \sqrt{\mathbb E[L_i^2]}` (Nichol &
-    Dhariwal 2021, §3.1, eq. 18), from the last ``history`` values of each term.
-
-    Until every level has ``history`` values the levels are drawn uniformly; after that
-    :math:`p_i = (1 - u)\,\sqrt{\overline{L_i^2}}/\sum_j\sqrt{\overline{L_j^2}} + u/N` with the small
-    uniform share :math:`u` (``uniform_prob``, 0.001 as in the reference code) that keeps every
-    :math:`p_i > 0`, so :math:`L_j/p_j` stays an unbiased estimate of :math:`\sum_i L_i` whatever the
-    history. Updates and draws stay on the device (no host synchronisation).
-
-    Args:
-        N: the number of levels.
-        history: values kept per level (10 in the paper).
-        uniform_prob: :math:`u` in [0, 1].
-        device: where the history lives (the data's device).
-    """
-
-    def __init__(self, N: int, *, history: int = 10, uniform_prob: float = 1e-3, device=None):
-        if isinstance(N, bool) or not isinstance(N, int) or N < 2:
-            raise ValueError(f"N must be an integer >= 2, got {N!r}")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"history must be an integer >= 1, got {history!r}")
-        if not 0 <= uniform_prob <= 1:
-            raise ValueError(f"uniform_prob must lie in [0, 1], got {uniform_prob}")
-        self.N, self.history, self.uniform_prob = N, history, float(uniform_prob)
-        # one spare column receives the writes beyond `history` of one level in one batch
-        self._values = torch.zeros(N, history + 1, dtype=torch.float64, device=device)
-        self._counts = torch.zeros(N, dtype=torch.int64, device=device)
-        self._next = torch.zeros(N, dtype=torch.int64, device=device)
-
-    def probs(self) -> torch.Tensor:
-        """The current :math:`p`, ``(N,)`` float64."""
-        w = self._values[:, : self.history].square().mean(1).sqrt()
-        warm = (self._counts == self.history).all() & (w.sum() > 0)
-        p = (1 - self.uniform_prob) * w / w.sum().clamp_min(1e-300) + self.uniform_prob / self.N
-        return torch.where(warm, p, torch.full_like(p, 1.0 / self.N))
-
-    def sample(self, batch: int, *, generator: torch.Generator | None = None):
-        """``(i, p_i)``: ``batch`` levels drawn from :meth:`probs` and their probabilities."""
-        p = self.probs()
-        i = torch.multinomial(p, batch, replacement=True, generator=generator)
-        return i, p[i]
-
-    def update(self, i: torch.Tensor, terms: torch.Tensor) -> None:
-        """Record the values ``terms`` of the levels ``i`` (both ``(batch,)``; the oldest go first)."""
-        i = i.to(self._values.device)
-        terms = terms.detach().to(self._values)
-        order = torch.argsort(i, stable=True)
-        i, terms = i[order], terms[order]
-        k = torch.bincount(i, minlength=self.N)
-        start = torch.cumsum(k, 0) - k
-        rank = torch.arange(i.shape[0], device=i.device) - start[i]
-        keep = rank >= k[i] - self.history  # the last `history` of a level's values in this batch
-        col = torch.where(keep, (self._next[i] + rank) % self.history, self.history)
-        self._values[i, col] = terms
-        self._next = (self._next + k) % self.history
-        self._counts = torch.clamp(self._counts + k, max=self.history)
 
 
 @dataclass

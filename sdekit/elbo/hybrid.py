@@ -31,13 +31,13 @@ from ..parameterization import check_prediction
 from .continuous import _on_grid
 from .discrete import (
     Chain,
-    SecondMomentSampler,
     chain,
     check_levels,
     log_variance,
     model_eps,
     terms_from_eps,
 )
+from .importance import SecondMomentSampler
 from .learned import check_trained_chain, take_v
 
 
