@@ -132,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(smp)
     smp.add_argument("--method", default="dpmpp_2m", help="sampler name (default: dpmpp_2m)")
     smp.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default: 20)")
-    smp.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
+    # --num-samples for torchrun, whose own parser takes --n for an abbreviation of its options
+    smp.add_argument(
+        "--n",
+        "--num-samples",
+        dest="n",
+        type=_positive_int,
+        default=64,
+        help="number of samples; under torchrun write --num-samples (default: 64)",
+    )
     smp.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -172,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         "toy set (default: train, the run's own data)",
     )
     lik.add_argument(
-        "--n", type=_positive_int, help="evaluate the first N examples (default: all of them)"
+        "--n",
+        "--num-examples",
+        dest="n",
+        type=_positive_int,
+        help="evaluate the first N examples; under torchrun write --num-examples (default: all)",
     )
     lik.add_argument(
         "--method",

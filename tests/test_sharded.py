@@ -239,3 +239,30 @@ def test_likelihood_shards_are_the_exact_density_and_bits_per_dim(tmp_path):
         likelihood_shards(trained, lattice + 0.01, tmp_path / "c", steps=2, pixel_max=m)
     with pytest.raises(ValueError, match="method must be one of"):
         likelihood_shards(trained, x, tmp_path / "c", method="dopri5")
+
+
+def test_every_flag_passes_through_torchrun():
+    """torchrun's own parser takes an abbreviation of its options for one (``--n`` would be
+    ``--nnodes``...): every flag of sample and likelihood but ``--n`` must reach sdekit, and
+    ``--num-samples``/``--num-examples`` stand in for it."""
+    from torch.distributed.run import get_args_parser
+
+    from sdekit.cli import build_parser
+
+    torchrun = get_args_parser()
+    torchrun.exit_on_error = False
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("sample", "likelihood", "export"):
+        refused = set()
+        for action in commands[command]._actions:
+            for flag in action.option_strings:
+                if flag in ("-h", "--help"):
+                    continue
+                try:
+                    args = torchrun.parse_args(["--nproc_per_node", "2", "-m", "sdekit", command,
+                                                flag, "1"])  # fmt: skip
+                except (SystemExit, Exception):
+                    refused.add(flag)
+                    continue
+                assert args.training_script_args == [command, flag, "1"]
+        assert refused <= {"--n"}, (command, refused)
