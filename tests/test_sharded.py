@@ -107,6 +107,9 @@ def test_resume_skips_verified_shards_and_redoes_the_rest(run, tmp_path, capsys)
     options = dict(n=40, shard_size=8, batch_size=4, method="ddim", steps=3, checkpoint=run)
     sample_shards(trained, tmp_path, **options)
     expected = load_shards(tmp_path)
+    # sample i from generator (seed, 5, i), in the same batches as one draw of 40: bitwise
+    batched = trained.sample_batched(40, batch_size=4, method="ddim", steps=3)
+    assert np.array_equal(expected["samples"], batched.numpy())
     (tmp_path / "shard_00002.npz").unlink()  # never written (the run was stopped)
     raw = bytearray((tmp_path / "shard_00003.npz").read_bytes())
     raw[len(raw) // 3] ^= 0xFF  # a flipped byte inside the samples
