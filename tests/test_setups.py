@@ -275,6 +275,9 @@ def test_checkpoints_of_the_previous_format_still_load_and_resume(run, tmp_path)
     """What the main code wrote before set-ups were recorded: the same state, no "setup"."""
     state = load_checkpoint(run)
     expected = draw(load_model(run).model, VPSDE())
+    main_keys = {"step", "config", "data_shape", "num_classes", "model", "ema", "optimizer",
+                 "scheduler", "scaler", "rng"}  # fmt: skip
+    assert set(state) == main_keys | {"setup"}  # the new entry is the only difference
     del state["setup"]
     save_checkpoint(state, tmp_path / "checkpoint.pt")
     trained = load_model(tmp_path / "checkpoint.pt")
