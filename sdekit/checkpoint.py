@@ -11,7 +11,11 @@ a truncated file. A process killed mid-write (``kill -9``) leaves its temporary 
 Verifying. Beside the state, the file holds the SHA-256 digest of its contents
 (:func:`state_digest`: every tensor's dtype, shape and bytes and every other value, in order), and
 :func:`load_checkpoint` recomputes it: a flipped byte anywhere gives :class:`CheckpointError`, as
-does a truncated, empty or foreign file, instead of weights that load and sample garbage.
+does a truncated, empty or foreign file, instead of weights that load and sample garbage. A
+training checkpoint written before the checksum was added (it holds a run's ``step``, ``config``,
+``model`` and ``ema`` but no ``sha256``) loads with a :class:`UnverifiedCheckpointWarning`: it is
+read with ``torch.load(weights_only=True)`` like every checkpoint, so no code runs, but nothing
+vouches for its bytes; the next save of a resumed run adds the checksum.
 :func:`check_finite_parameters` refuses weights holding NaN or inf (a run that diverged).
 
 Random states. :func:`rng_state` and :func:`set_rng_state` capture and restore every global
@@ -28,6 +32,7 @@ import random
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,8 +47,16 @@ CHECKSUM_KEY = "sha256"
 _PROCESS_START = time.time()
 
 
+#: what a training checkpoint from before the checksum holds (loaded with a warning)
+LEGACY_KEYS = ("step", "config", "model", "ema")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, truncated, empty, foreign, or non-finite."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without a checksum (written before sdekit added it) was loaded unverified."""
 
 
 def state_digest(state: Any) -> str:
@@ -113,7 +126,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises ``FileNotFoundError`` when ``path`` does not exist and :class:`CheckpointError` (a
     ``ValueError``) naming the file when it is a directory, empty, unreadable (truncated,
-    corrupt, not a torch file), not an sdekit checkpoint, or fails its checksum.
+    corrupt, not a torch file), not an sdekit checkpoint, or fails its checksum. A training
+    checkpoint from before checksums loads with an :class:`UnverifiedCheckpointWarning`.
     """
     path = Path(path)
     if not path.exists():
@@ -133,6 +147,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} cannot be read (truncated, corrupt, or not a torch file): "
             f"{type(e).__name__}: {reason}"
         ) from e
+    if (
+        isinstance(state, dict)
+        and CHECKSUM_KEY not in state
+        and all(k in state for k in LEGACY_KEYS)
+    ):
+        warnings.warn(
+            f"checkpoint {path} has no SHA-256 checksum (it was written by an sdekit from before "
+            "checksums): loaded unverified; a damaged file would go unnoticed. Resuming the run "
+            "writes a verified checkpoint",
+            UnverifiedCheckpointWarning,
+            stacklevel=2,
+        )
+        return _to_device(state, torch.device(map_location))
     if not isinstance(state, dict) or not isinstance(state.get(CHECKSUM_KEY), str):
         raise CheckpointError(
             f"{path} is not an sdekit checkpoint: it holds no {CHECKSUM_KEY} checksum (files "

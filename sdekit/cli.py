@@ -1,4 +1,4 @@
-"""The command line: ``python -m sdekit train ...`` and ``python -m sdekit sample ...``.
+"""The command line: ``python -m sdekit train|sample|likelihood|export ...``.
 
 ``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
 ``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then a
@@ -6,12 +6,17 @@
 it under ``torchrun`` for several processes. ``sample`` draws from a checkpoint's EMA weights in
 batches of ``--batch-size`` and writes a PNG grid (or the raw tensor with ``.pt``); sample ``i``
 comes from its own generator seeded by ``(--seed, i)``, so it is the same whatever the batch size.
+With ``--out-dir`` it writes sharded ``.npz`` files and a manifest instead, over the processes of
+``torchrun`` when run under it, and resumes a partly finished run (:mod:`sdekit.sharded`);
+``likelihood`` does the same for the log-likelihoods of a data set. ``export`` writes the EMA
+network as ``config.json`` and safetensors (:func:`sdekit.inference.export_model`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -19,11 +24,17 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_choice
 from .config import TrainConfig, config_field_types
-from .distributed import resolve_device
+from .data import DATASETS, IMAGE_DATASETS, TOY_DATASETS, load_dataset
+from .distributed import init_process_group, resolve_device
 from .figures import save_samples
-from .inference import load_model
+from .inference import TrainedModel, export_model, load_model
+from .likelihood import DIVERGENCES, FIXED_GRID_METHODS
 from .sampling import get_sampler
+from .seeding import data_generator, derive_seed
+from .sharded import likelihood_shards, sample_shards
+from .shards import MANIFEST_NAME
 from .training import NonFiniteLossError, Trainer
 
 #: what ``sample --out`` may end with: a figure of the samples, or ``.pt`` for the raw tensor
@@ -64,6 +75,39 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, help=help_, **common)
 
 
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="the checkpoint.pt of a run, or a directory written by 'sdekit export'",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]' (default: auto)",
+    )
+    ema = parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    # set after construction: Python 3.10's BooleanOptionalAction appends its own default text
+    ema.help = "use the EMA weights, or the last weights (default: --ema)"
+
+
+def _add_shard_flags(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    help_ = (
+        f"write the {what} as shard_*.npz files and manifest.json here, resuming what a previous "
+        "run with the same settings left"
+    )
+    if not required:
+        help_ += "; needed under torchrun (default: none, one --out file)"
+    parser.add_argument("--out-dir", type=Path, required=required, help=help_)
+    parser.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=1000,
+        help=f"{what} per shard file, the unit of work of a process (default: 1000)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdekit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,39 +122,108 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(train)
     train.set_defaults(run=_train, parser=train)
-    smp = sub.add_parser("sample", help="draw samples from a checkpoint")
-    smp.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint.pt of a run")
+    smp = sub.add_parser(
+        "sample",
+        help="draw samples from a checkpoint",
+        description="Draw samples from a checkpoint (or a directory of 'sdekit export'). With "
+        "--out-dir the samples go to sharded .npz files and a manifest, over the processes of "
+        "torchrun if run under it, and a rerun resumes the shards not yet done.",
+    )
+    _add_source_flags(smp)
     smp.add_argument("--method", default="dpmpp_2m", help="sampler name (default: dpmpp_2m)")
     smp.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default: 20)")
-    smp.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
+    # --num-samples for torchrun, whose own parser takes --n for an abbreviation of its options
+    smp.add_argument(
+        "--n",
+        "--num-samples",
+        dest="n",
+        type=_positive_int,
+        default=64,
+        help="number of samples; under torchrun write --num-samples (default: 64)",
+    )
     smp.add_argument(
         "--batch-size",
         type=_positive_int,
         default=256,
-        help="samples drawn at once; the samples do not depend on it (default: 256)",
+        help="samples drawn at once; the samples do not depend on it, up to round-off "
+        "(default: 256)",
     )
     smp.add_argument(
         "--out",
         type=Path,
-        default=Path("samples.png"),
         help=f"a figure ({', '.join(SAMPLE_SUFFIXES[:-1])}) or .pt for the raw tensor in the "
-        "model range (default: samples.png)",
+        "model range (default: samples.png, unless --out-dir)",
     )
+    _add_shard_flags(smp, "samples")
     smp.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
-    smp.add_argument(
-        "--device",
-        default="auto",
-        help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]' (default: auto)",
-    )
     smp.add_argument(
         "--label",
         type=int,
         help="class to draw, for class-conditional models (default: every class in turn)",
     )
-    ema = smp.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
-    # set after construction: Python 3.10's BooleanOptionalAction appends its own default text
-    ema.help = "use the EMA weights, or the last weights (default: --ema)"
     smp.set_defaults(run=_sample, parser=smp)
+
+    lik = sub.add_parser(
+        "likelihood",
+        help="log-likelihoods and bits/dim of a data set under a checkpoint's model",
+        description="Evaluate the probability-flow ODE's log-likelihood of every example of a "
+        "data set on a fixed grid, written to sharded .npz files with a manifest and a summary "
+        "(over the processes of torchrun if run under it; a rerun resumes).",
+    )
+    _add_source_flags(lik)
+    lik.add_argument("--data", help="data set (default: the run's); one of " + ", ".join(DATASETS))
+    lik.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="'test' for the test files of mnist, fashion_mnist, cifar10, or fresh points of a "
+        "toy set (default: train, the run's own data)",
+    )
+    lik.add_argument(
+        "--n",
+        "--num-examples",
+        dest="n",
+        type=_positive_int,
+        help="evaluate the first N examples; under torchrun write --num-examples (default: all)",
+    )
+    lik.add_argument(
+        "--method",
+        choices=FIXED_GRID_METHODS,
+        default="rk4",
+        help="fixed-grid ODE method (default: rk4)",
+    )
+    lik.add_argument("--steps", type=_positive_int, default=20, help="ODE steps (default: 20)")
+    lik.add_argument(
+        "--divergence",
+        choices=DIVERGENCES,
+        default="exact",
+        help="exact, or the Hutchinson estimate (default: exact)",
+    )
+    lik.add_argument(
+        "--probes", type=_positive_int, default=1, help="Hutchinson probes (default: 1)"
+    )
+    deq = lik.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=True)
+    deq.help = (
+        "images: add uniform noise to the integer pixels, for bits/dim that bound the discrete "
+        "likelihood (default: --dequantize)"
+    )
+    lik.add_argument(
+        "--batch-size", type=_positive_int, default=256, help="examples at once (default: 256)"
+    )
+    _add_shard_flags(lik, "values", required=True)
+    lik.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    lik.set_defaults(run=_likelihood, parser=lik)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a checkpoint's EMA network as config.json + safetensors",
+        description="Write the network of a checkpoint (EMA weights by default) as a "
+        "diffusers-style model directory: config.json (with the SDE and the run's config) and "
+        "diffusion_pytorch_model.safetensors; 'sdekit sample --checkpoint DIR' reads it back.",
+    )
+    _add_source_flags(exp)
+    exp.add_argument("--out", type=Path, required=True, help="the directory to write")
+    exp.set_defaults(run=_export, parser=exp)
     return parser
 
 
@@ -146,32 +259,132 @@ def _check_sample_out(out: Path) -> None:
         )
 
 
+def _start(args: argparse.Namespace) -> TrainedModel:
+    """Join torchrun's process group (sharded runs), pick the device, load the model."""
+    if getattr(args, "out_dir", None) is not None:
+        init_process_group(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise ValueError(f"--device: {e}") from None
+    return load_model(args.checkpoint, ema=args.ema, device=device)
+
+
+def _stop() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         # everything that can be checked is, before the checkpoint is read
-        _check_sample_out(args.out)
+        if args.out_dir is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError(
+                    "under torchrun the samples go to --out-dir (sharded .npz files and a "
+                    "manifest): pass --out-dir"
+                )
+            out = Path("samples.png") if args.out is None else args.out
+            _check_sample_out(out)
+        elif args.out is not None:
+            raise ValueError("pass --out (one file) or --out-dir (sharded files), not both")
         get_sampler(args.method)
-        try:
-            device = resolve_device(args.device)
-        except ValueError as e:
-            raise ValueError(f"--device: {e}") from None
-        trained = load_model(args.checkpoint, ema=args.ema, device=device)
-        x = trained.sample_batched(
-            args.n,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            method=args.method,
-            steps=args.steps,
-            label=args.label,
-        )
+        trained = _start(args)
+        options = dict(seed=args.seed, method=args.method, steps=args.steps, label=args.label)
+        if args.out_dir is not None:
+            manifest = sample_shards(
+                trained, args.out_dir, n=args.n, shard_size=args.shard_size,
+                batch_size=args.batch_size, checkpoint=args.checkpoint, ema=args.ema, **options,
+            )  # fmt: skip
+        else:
+            x = trained.sample_batched(args.n, batch_size=args.batch_size, **options)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    if args.out.suffix == ".pt":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(x, args.out)
+    finally:
+        _stop()
+    if args.out_dir is not None:
+        if _rank() == 0:
+            shards = len(manifest["shards"])
+            print(f"samples: {args.n} in {shards} shard(s), {args.out_dir / MANIFEST_NAME}")
+        return 0
+    if out.suffix == ".pt":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(x, out)
     else:
-        save_samples(x, args.out)
-    print(f"samples: {args.out}")
+        save_samples(x, out)
+    print(f"samples: {out}")
+    return 0
+
+
+def _evaluation_data(trained: TrainedModel, name: str | None, split: str, n: int | None):
+    """``(x, labels, pixel_max, description)`` of the data set to evaluate (see ``--data``)."""
+    config = trained.config
+    name = config.data if name is None else name
+    check_choice("--data", name, DATASETS)
+    generator, count = None, None
+    if name in TOY_DATASETS:
+        # the run's own draw (n: its first n points), or n fresh points from another stream
+        if split == "train":
+            generator, count = data_generator(config.seed), config.toy_size
+        else:
+            generator = torch.Generator().manual_seed(derive_seed(config.seed, 8))
+            count = config.toy_size if n is None else n
+    elif split == "test" and name not in ("mnist", "fashion_mnist", "cifar10"):
+        raise ValueError(f"--split test: data {name!r} has no test split; use --split train")
+    x, labels = load_dataset(
+        name, root=config.data_root, n=count, split=split, image_size=config.image_size,
+        generator=generator,
+    )  # fmt: skip
+    if n is not None:
+        if n > x.shape[0]:
+            raise ValueError(f"--n must be at most the {x.shape[0]} examples of {name}, got {n}")
+        x, labels = x[:n], None if labels is None else labels[:n]
+    if trained.num_classes is None:
+        labels = None
+    elif labels is None:
+        raise ValueError(f"the model is class-conditional; data {name!r} has no labels")
+    pixel_max = ({"digits": 16.0}.get(name, 255.0)) if name in IMAGE_DATASETS else None
+    return x, labels, pixel_max, f"{name}:{split}"
+
+
+def _likelihood(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        trained = _start(args)
+        x, labels, pixel_max, described = _evaluation_data(trained, args.data, args.split, args.n)
+        manifest = likelihood_shards(
+            trained, x, args.out_dir, labels=labels, method=args.method, steps=args.steps,
+            divergence=args.divergence, probes=args.probes, pixel_max=pixel_max,
+            dequantize=args.dequantize, seed=args.seed, shard_size=args.shard_size,
+            batch_size=args.batch_size, data=described, checkpoint=args.checkpoint, ema=args.ema,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    finally:
+        _stop()
+    if _rank() == 0:
+        s = manifest["summary"]
+        print(
+            f"likelihood of {s['n']} examples of {described}: "
+            f"{s['mean_log_likelihood']:.4f} +- {s['sem_log_likelihood']:.4f} nats, "
+            f"{s['mean_bits_per_dim']:.4f} +- {s['sem_bits_per_dim']:.4f} bits/dim; "
+            f"{args.out_dir / MANIFEST_NAME}"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out must be a directory, {args.out} is a file")
+        trained = _start(args)
+        export_model(trained, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    print(f"model: {args.out}")
     return 0
 
 

@@ -29,6 +29,7 @@ import math
 import torch
 
 from .checks import check_less, check_positive, check_time, check_time_tensor
+from .configurable import Configurable
 from .schedules import BetaSchedule, CosineBeta, LinearBeta
 from .sde import SDE, broadcast_to_data
 
@@ -45,7 +46,7 @@ def _time_derivative(fn, t: torch.Tensor) -> torch.Tensor:
     return d
 
 
-class LinearSDE(SDE):
+class LinearSDE(SDE, Configurable):
     r"""A linear SDE defined by its marginal schedule :math:`x_t = \alpha(t) x_0 + \sigma(t)\varepsilon`."""
 
     @abc.abstractmethod

@@ -13,9 +13,10 @@ import math
 import torch
 
 from .checks import check_positive
+from .configurable import Configurable
 
 
-class BetaSchedule(abc.ABC):
+class BetaSchedule(abc.ABC, Configurable):
     """A positive noise rate :math:`\\beta(t)` on ``[0, t_max]``."""
 
     #: the largest time at which the schedule is finite

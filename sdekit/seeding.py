@@ -10,7 +10,11 @@ inputs give unrelated seeds) instead of one stream consumed step after step:
 - the permutation of epoch :math:`e`: ``(seed, 3, e)`` (:class:`BatchOrder`);
 - the noise and times of micro-batch :math:`m` at step :math:`k`: ``(seed, 4, k, m)``
   (:func:`noise_generator`);
-- sample :math:`i` of a batched draw: ``(seed, 5, i)`` (:func:`sample_generators`).
+- sample :math:`i` of a batched draw: ``(seed, 5, i)`` (:func:`sample_generators`);
+- the Hutchinson probes of a sharded likelihood's batch starting at item :math:`i`:
+  ``(seed, 6, i)``, and the dequantization noise of item :math:`i`: ``(seed, 7, i)``
+  (:mod:`sdekit.sharded`);
+- the fresh points of a toy data set's ``test`` split: ``(seed, 8)`` (``sdekit likelihood``).
 
 So nothing needs saving: a run resumed at step :math:`k` draws exactly what an uninterrupted one
 would (bitwise on the CPU), and the draws do not depend on how the global batch is split between

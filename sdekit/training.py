@@ -16,6 +16,11 @@ sample grids (:mod:`sdekit.figures`). Other kinds of training reuse it by passin
     Trainer(config, model=classifier, loss_fn=cross_entropy_on_noisy_x, data=(x, labels),
             sample_grid=False)
     Trainer(config, model=controlled_unet, data=(x, {"hint": hints, "labels": labels}))
+    Trainer(config, sde=VPSDE(beta_max=10.0))       # any LinearSDE, a user's own included
+
+The checkpoint records the configs of the SDE and the network
+(:func:`sdekit.inference.describe_setup`), so :func:`~sdekit.inference.load_model` and
+``python -m sdekit sample`` rebuild the set-up whole.
 
 Only parameters that require grad are optimised and averaged (a frozen base network stays
 bitwise as it was), and checkpoints hold whatever the model's ``state_dict`` holds.
@@ -68,6 +73,7 @@ from .checkpoint import (
 from .conditioning import Cond, select
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .config import SDES as SDES  # re-exported: the names people import from sdekit.training
+from .configurable import to_config
 from .distributed import (
     all_gather_objects,
     all_reduce_mean,
@@ -80,8 +86,9 @@ from .distributed import (
 from .ema import EMA
 from .figures import save_samples
 from .inference import TrainedModel as TrainedModel
+from .inference import describe_setup, sample_from
 from .inference import load_model as load_model
-from .inference import sample_from
+from .linear import LinearSDE
 from .run_log import RunLog
 from .seeding import BatchOrder, noise_generator, seed_global_generators
 
@@ -118,6 +125,10 @@ class Trainer:
             :class:`~sdekit.losses.DenoisingScoreMatching` of the config; ``cond`` is the
             micro-batch's rows of the condition (``None`` without one), ``generator`` the
             micro-batch's own (draw all randomness from it for exact resumes).
+        sde: the forward SDE instead of ``config.sde``'s (which is then unused): any
+            :class:`~sdekit.linear.LinearSDE`, e.g. ``VPSDE(beta_max=10.0)`` or your own. Its
+            config is recorded in the checkpoint (see :mod:`sdekit.inference`: a class of your
+            own must be importable, i.e. defined in a module, where the model is loaded).
         data: ``(x, cond)`` instead of ``config.data``: ``x`` a float tensor ``(N, ...)``,
             ``cond`` ``None``, a tensor ``(N, ...)`` (class labels) or a mapping of such tensors
             (``{"hint": ..., "labels": ...}``), indexed with :func:`sdekit.conditioning.select`.
@@ -135,6 +146,7 @@ class Trainer:
         model: nn.Module | None = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
         data: tuple[torch.Tensor, Cond] | None = None,
+        sde: LinearSDE | None = None,
         sample_grid: bool | Callable[[nn.Module, int], torch.Tensor] = True,
     ):
         self.config = cfg = config
@@ -156,11 +168,17 @@ class Trainer:
         self.data_shape = tuple(x.shape[1:])
         self._order = BatchOrder(x.shape[0], cfg.batch_size, cfg.seed, self.device)
 
-        self.sde = build_sde(cfg)
+        if sde is not None and not isinstance(sde, LinearSDE):
+            raise ValueError(
+                f"sde must be a LinearSDE (sdekit.linear: VP, sub-VP, VE, EDM, OU or your own "
+                f"subclass), got {type(sde).__name__}"
+            )
+        self.sde = build_sde(cfg) if sde is None else sde
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         if model is None:
             model = build_model(cfg, self.data_shape, self.num_classes, self.sde)
         self.model = model.to(self.device)
+        self.setup = describe_setup(self.sde, self.model)
         self.loss_fn = build_loss(cfg, self.sde) if loss_fn is None else loss_fn
         self.trainable = trainable_parameters(self.model)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
@@ -298,6 +316,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "data_shape": list(self.data_shape),
             "num_classes": self.num_classes,
+            "setup": self.setup,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -332,6 +351,7 @@ class Trainer:
                 f"{path} is at step {step}, past steps={self.config.steps}: pass steps > {step} "
                 "to train on, or choose another out directory (nothing was changed)"
             )
+        self._check_setup(state.get("setup"), saved)
         if tuple(state["data_shape"]) != self.data_shape:
             raise ValueError(
                 f"{path} was trained on data of shape {tuple(state['data_shape'])}, this data "
@@ -348,6 +368,20 @@ class Trainer:
         rngs = state["rng"]
         if len(rngs) == self.world_size:
             set_rng_state(rngs[self.rank])
+
+    def _check_setup(self, saved_setup: dict | None, saved_config: dict) -> None:
+        """The resumed run's SDE and network configs must be the checkpoint's."""
+        if saved_setup is None:  # a checkpoint from before set-ups: its SDE is the config's
+            sde = build_sde(TrainConfig.from_dict(saved_config))
+            saved_setup = {"sde": to_config(sde, "SDE"), "model": None}
+        for key, what in (("sde", "SDE"), ("model", "network")):
+            ours, theirs = self.setup.get(key), saved_setup.get(key)
+            if ours is not None and theirs is not None and ours != theirs:
+                raise ValueError(
+                    f"{self.checkpoint_path} was written with another {what}, "
+                    f"{json.dumps(theirs)}; this run has {json.dumps(ours)}: resume with the same "
+                    f"{what} or choose another out directory"
+                )
 
     def sample(self, n: int, *, method: str | None = None, steps: int | None = None):
         """``n`` samples from the EMA weights, seeded by ``config.seed`` (grids stay comparable).

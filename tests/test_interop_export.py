@@ -80,8 +80,8 @@ def test_own_class_with_to_config_and_shared_weights(tmp_path):
 
 def test_bad_config_raises_at_save(tmp_path):
     net, config = _unet()
-    with pytest.raises(ValueError, match="config must be given for UNet.*in_channels, image_size"):
-        save_pretrained(net, tmp_path)
+    with pytest.raises(ValueError, match="config must be given for Linear.*in_features, out_f"):
+        save_pretrained(nn.Linear(2, 3), tmp_path)  # a class that does not describe itself
     with pytest.raises(ValueError, match="config does not rebuild this UNet"):
         save_pretrained(net, tmp_path, config={**config, "base_channels": 32})
     with pytest.raises(ValueError, match="config does not rebuild UNet"):
@@ -126,3 +126,20 @@ def test_missing_safetensors_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"pip install 'sdekit\[interop\]'"):
         save_pretrained(MLP(2, 16, 1), tmp_path, config={"dim": 2, "hidden": 16, "depth": 1})
+
+
+def test_networks_that_describe_themselves_need_no_config(tmp_path):
+    """UNet and EDMPrecond (a network and an SDE nested in its config) save with their own config."""
+    from sdekit.discrete import DiscreteVPSDE
+    from sdekit.networks import EDMPrecond
+
+    torch.manual_seed(0)
+    net = EDMPrecond(UNet(1, 8, 16, (1, 2), 1, dropout=0.0), DiscreteVPSDE.linear(50), 0.7)
+    save_pretrained(net, tmp_path, prediction="x0")
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["net"]["class"] == "sdekit.networks.unet.UNet" and "class" not in stored
+    loaded, _ = load_pretrained(tmp_path)
+    assert torch.equal(loaded.sde.alphas_cumprod, net.sde.alphas_cumprod)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), net.eval()(x, t))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..configurable import ConfigError
 from ..parameterization import Prediction, check_prediction
 
 CONFIG_NAME = "config.json"
@@ -53,6 +54,9 @@ def _init_kwargs(net: nn.Module, config: Mapping | None) -> dict:
             )
         config = to_config()
     config = dict(config)
+    path = f"{type(net).__module__}.{type(net).__qualname__}"
+    if config.pop("class", path) != path:  # sdekit's configs name the class (sdekit.configurable)
+        raise ValueError(f"config names another class than the network's, {path}")
     for key, value in config.items():
         if key.startswith("_"):
             raise ValueError(f"config keys must not start with '_' (reserved), got {key!r}")
@@ -66,13 +70,21 @@ def _init_kwargs(net: nn.Module, config: Mapping | None) -> dict:
     return config
 
 
+def _build(cls: type, kwargs: dict) -> nn.Module:
+    """``cls.from_config(kwargs)`` where the class has it (nested configs, e.g. EDMPrecond's network
+    and SDE), else ``cls(**kwargs)``."""
+    if callable(getattr(cls, "from_config", None)):
+        return cls.from_config(kwargs)
+    return cls(**kwargs)
+
+
 def _check_rebuilds(net: nn.Module, kwargs: dict) -> None:
-    """``type(net)(**kwargs)`` (built on the meta device) must have ``net``'s tensors and shapes."""
+    """The rebuilt network (built on the meta device) must have ``net``'s tensors and shapes."""
     cls = type(net)
     try:
         with torch.device("meta"):
-            clone = cls(**kwargs)
-    except TypeError as error:
+            clone = _build(cls, kwargs)
+    except (TypeError, ConfigError) as error:
         raise ValueError(f"config does not rebuild {cls.__name__}: {error}") from error
     ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in clone.state_dict().items()}
@@ -99,6 +111,7 @@ def save_pretrained(
     *,
     config: Mapping | None = None,
     prediction: Prediction | None = None,
+    setup: Mapping | None = None,
 ) -> Path:
     """Write ``net`` as a model directory (see the module); returns its path.
 
@@ -109,6 +122,9 @@ def save_pretrained(
             ``net.to_config()`` where the class has it. Checked to rebuild the same tensors.
         prediction: what the network predicts (``"score"``, ``"eps"``, ``"x0"``, ``"v"``), stored
             for :func:`load_pretrained`'s caller.
+        setup: JSON data stored as ``_sdekit_setup`` beside the network's config: what else
+            rebuilds the model's use (:func:`sdekit.inference.export_model` stores the SDE's
+            config, the training config, the data shape and the number of classes).
     """
     st = _safetensors()
     if not isinstance(net, nn.Module):
@@ -124,6 +140,11 @@ def save_pretrained(
     }
     if prediction is not None:
         header["prediction"] = check_prediction(prediction)
+    if setup is not None:
+        try:
+            header["_sdekit_setup"] = json.loads(json.dumps(dict(setup), allow_nan=False))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"setup must be JSON data: {error}") from error
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(
@@ -151,6 +172,16 @@ def _resolve_class(config: dict, cls: type | None) -> type:
     return found
 
 
+def load_weights(net: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Load the weights of a model directory into ``net`` (strictly: every tensor, same shapes)."""
+    st = _safetensors()
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}: not a saved model directory")
+    st.load_model(net, str(weights), strict=True)
+    return net
+
+
 def load_pretrained(
     directory: str | os.PathLike, *, cls: type | None = None, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict]:
@@ -168,6 +199,6 @@ def load_pretrained(
     config = json.loads((directory / CONFIG_NAME).read_text())
     cls = _resolve_class(config, cls)
     kwargs = {k: v for k, v in config.items() if not k.startswith("_") and k != "prediction"}
-    net = cls(**kwargs)
+    net = _build(cls, kwargs)
     st.load_model(net, str(directory / WEIGHTS_NAME), strict=True)
     return net.to(device).eval(), config

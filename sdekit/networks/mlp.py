@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_batch_time
+from ..configurable import Configurable
 from .embeddings import GaussianFourierEmbedding, LabelEmbedding
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, Configurable):
     r"""An MLP :math:`F_\theta(x, t, y)` for data ``(batch, dim)``; the output is ``(batch, out_dim)``.
 
     Time enters as Gaussian Fourier features of ``t`` exactly as passed in (raw :math:`t`, or

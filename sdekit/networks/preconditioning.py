@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from ..checks import check_positive
+from ..configurable import Configurable
 from ..linear import LinearSDE
 from ..sde import broadcast_to_data
 
 
-class EDMPrecond(nn.Module):
+class EDMPrecond(nn.Module, Configurable):
     r"""Wraps a network :math:`F_\theta(x, c_\text{noise}, y)` into the EDM denoiser of :math:`x_0`.
 
     ``forward(x, t, labels=None)`` takes the SDE's state :math:`x_t` and time :math:`t` and returns

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_batch_time
+from ..configurable import Configurable
 from .embeddings import LabelEmbedding, time_embedding
 
 _SQRT_HALF = 1 / math.sqrt(2)
@@ -69,7 +70,7 @@ class Attention(nn.Module):
         return (x + h) * _SQRT_HALF
 
 
-class UNet(nn.Module):
+class UNet(nn.Module, Configurable):
     r"""A DDPM++-style UNet :math:`F_\theta(x, t, y)` on ``(batch, in_channels, size, size)``.
 
     Args:
