@@ -31,12 +31,15 @@ from torchdiffeq import odeint
 from .checks import NONFINITE_HINT, check_choice, check_float_input, check_output, check_positive
 from .conditioning import Cond, call_model, check_cond
 from .linear import LinearSDE
+from .ode_solvers import dopri5, rms_norm
 from .parameterization import check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sampling.ode import ADAPTIVE_ORDER, initial_step
 from .sde import SDE
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
+#: sdekit's own Dormand-Prince 5(4) (:func:`sdekit.ode_solvers.dopri5`): a step size per sample
+PER_SAMPLE = "dopri5_per_sample"
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
@@ -53,12 +56,15 @@ class LikelihoodInfo:
         divergence_integral: :math:`\\int_{t_0}^T \\nabla\\cdot\\tilde f\\,\\mathrm{d}t`,
             shape ``(batch,)``.
         x_T: the end point of the probability-flow ODE, shaped like ``x``.
+        steps: accepted steps of each sample, ``(batch,)``, with ``method="dopri5_per_sample"``;
+            ``None`` for torchdiffeq's methods, which step the whole batch together.
     """
 
     nfe: int
     prior_log_prob: torch.Tensor
     divergence_integral: torch.Tensor
     x_T: torch.Tensor
+    steps: torch.Tensor | None = None
 
 
 def exact_divergence(drift: Drift, x: torch.Tensor, t: torch.Tensor):
@@ -113,19 +119,26 @@ def _per_sample_norm(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     return per_sample.max()
 
 
-def _check_options(method, steps, divergence, probes, probe, t_min, T):
+def _check_options(method, steps, divergence, probes, probe, t_min, T, check_every):
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("probe", probe, PROBES)
     if not (isinstance(probes, int) and probes >= 1):
         raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
     if divergence == "exact" and probes != 1:
         raise ValueError(f"probes applies to divergence='hutchinson' only, got probes={probes}")
-    check_choice("method", method, (*ADAPTIVE_METHODS, *FIXED_GRID_METHODS))
+    check_choice("method", method, (PER_SAMPLE, *ADAPTIVE_METHODS, *FIXED_GRID_METHODS))
+    if not (isinstance(check_every, int) and check_every >= 1):
+        raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+    if check_every != 1 and method != PER_SAMPLE:
+        raise ValueError(
+            f"check_every applies to method={PER_SAMPLE!r} only, got check_every={check_every} "
+            f"with method={method!r}"
+        )
     if steps is None:
-        if method not in ADAPTIVE_METHODS:
+        if method not in (PER_SAMPLE, *ADAPTIVE_METHODS):
             raise ValueError(
                 f"method={method!r} steps on a fixed grid: give steps (an integer >= 1), or use "
-                f"an adaptive method, one of {ADAPTIVE_METHODS}"
+                f"an adaptive method, one of {(PER_SAMPLE, *ADAPTIVE_METHODS)}"
             )
     else:
         if not (isinstance(steps, int) and steps >= 1):
@@ -195,6 +208,7 @@ def log_likelihood(
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     t_min: float | None = None,
     cond: Cond = None,
+    check_every: int = 1,
 ) -> tuple[torch.Tensor, LikelihoodInfo]:
     r""":math:`\log p_{t_0}(x)` of the model's probability-flow ODE, shape ``(batch,)``, in nats.
 
@@ -205,11 +219,13 @@ def log_likelihood(
               + \int_{t_0}^{T}\nabla\cdot\tilde f(x_t, t)\,\mathrm{d}t, \qquad
               \tilde f = f - \tfrac12 GG^\top s_\theta - \tfrac12\nabla\cdot GG^\top,
 
-    through :func:`torchdiffeq.odeint` on ``x``'s device and dtype. The result is evaluation only
-    (no gradient to the model's parameters). The whole batch is one ODE system and an adaptive
-    solver takes the same steps for every sample; its error is measured per sample (RMS over the
-    data dimensions, together with the log-density term) and the worst sample decides, so the
-    tolerance means the same for every sample whatever the batch.
+    on ``x``'s device and dtype. The result is evaluation only (no gradient to the model's
+    parameters). The error of a step is measured per sample (RMS over the data dimensions, together
+    with the log-density term), so the tolerance means the same for every sample whatever the
+    batch. With ``method="dopri5_per_sample"`` (:func:`sdekit.ode_solvers.dopri5`) each sample is
+    its own ODE with its own step sizes and acceptance, on device tensors, with no host decision
+    per step; with torchdiffeq's methods (:func:`torchdiffeq.odeint`) the whole batch is one ODE
+    system, takes the same steps, and the worst sample decides each of them.
 
     Args:
         model: ``model(x, t)`` predicting ``prediction``, returning a tensor shaped like ``x``;
@@ -223,8 +239,9 @@ def log_likelihood(
             :math:`-\tfrac12\sum_i\partial_{x_i}^2 G_i^2` of :math:`\nabla\cdot\tilde f`.
         x: data, ``(batch, *data_shape)`` with batch >= 1, float32 or float64, finite.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
-        method: an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid
-            one (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
+        method: ``"dopri5_per_sample"`` (sdekit's Dormand-Prince 5(4), a step size per sample),
+            an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid one
+            (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
         rtol, atol: tolerances of an adaptive method.
         steps: a uniform grid of ``steps`` steps from :math:`t_0` to :math:`T`, so that the number
             of evaluations is known in advance (``steps`` times the stages: 1, 2, 2, 3, 4)
@@ -240,6 +257,9 @@ def log_likelihood(
             is the log-density of the model's :math:`p_{t_0}`.
         cond: the condition of a conditional model (see :mod:`sdekit.conditioning`), passed as
             ``model(x, t, cond)``: the result is then :math:`\log p_{t_0}(x \mid \text{cond})`.
+        check_every: with ``method="dopri5_per_sample"``, the solver's iterations between two
+            reads of "have all samples arrived?" by the host, its only synchronisation; samples
+            that arrive meanwhile take zero-length steps (see :func:`sdekit.ode_solvers.dopri5`).
 
     Returns:
         ``(log_p, info)``: ``log_p`` of shape ``(batch,)`` and a :class:`LikelihoodInfo`.
@@ -252,12 +272,14 @@ def log_likelihood(
     The model is called at times in :math:`[t_0, T]` only: an adaptive solver's first step is
     chosen by :func:`sdekit.sampling.ode.initial_step` (two extra drift evaluations, counted in
     ``info.nfe``) instead of torchdiffeq's probe, which can leave the interval, and :math:`T` is
-    a step boundary, so no accepted step crosses it.
+    a step boundary, so no accepted step crosses it. ``"dopri5_per_sample"`` makes
+    :math:`2 + 6\,n` drift evaluations for :math:`n` iterations (the hardest sample's accepted
+    and rejected steps, rounded up to ``check_every``).
     """
     check_prediction(prediction)
     t0 = sde.t_min if t_min is None else float(t_min)
     T = sde.T
-    _check_options(method, steps, divergence, probes, probe, t0, T)
+    _check_options(method, steps, divergence, probes, probe, t0, T, check_every)
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(
@@ -296,6 +318,13 @@ def log_likelihood(
         t_batch = t.clamp(t0, T).to(x_t.dtype).expand(x_t.shape[0])
         return drift_and_div(ode.drift, x_t, t_batch)
 
+    if method == PER_SAMPLE:
+        log_p, info = _solve_per_sample(
+            drift_and_div, ode, x, t0, T, rtol, atol, check_every, prior
+        )
+        _check_result(log_p, info.divergence_integral, info.x_T)
+        return log_p, info
+
     ts = torch.tensor([t0, T], dtype=x.dtype, device=x.device)
     if steps is None:
         with torch.no_grad():
@@ -331,6 +360,36 @@ def log_likelihood(
     log_p = prior_term + integral
     _check_result(log_p, integral, x_T)
     return log_p, LikelihoodInfo(ode.nfe, prior_term, integral, x_T)
+
+
+def _solve_per_sample(drift_and_div, ode, x, t0, T, rtol, atol, check_every, prior):
+    """The joint ODE of ``(x_t, divergence integral)`` as one ``(batch, D + 1)`` state per sample,
+    solved by :func:`sdekit.ode_solvers.dopri5` with the per-sample norm of the torchdiffeq path:
+    the larger of the RMS over the data and the log-density term."""
+    D = x[0].numel()
+
+    def func(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        f, div = drift_and_div(ode.drift, y[:, :D].reshape(x.shape), t)
+        return torch.cat([f.flatten(1), div[:, None]], 1)
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(rms_norm(v[:, :D]), v[:, D].abs())
+
+    y0 = torch.cat([x.detach().flatten(1), x.new_zeros(x.shape[0], 1)], 1)
+    with torch.no_grad():
+        try:
+            y, stats = dopri5(
+                func, y0, t0, T, rtol=rtol, atol=atol, norm=norm, check_every=check_every
+            )
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"log_likelihood: {error}; the drift or its divergence is likely NaN or inf: "
+                f"{NONFINITE_HINT}"
+            ) from None
+    x_T, integral = y[:, :D].reshape(x.shape), y[:, D]
+    prior_term = prior(x_T)
+    info = LikelihoodInfo(ode.nfe, prior_term, integral, x_T, steps=stats.accepted)
+    return prior_term + integral, info
 
 
 def bits_per_dim(

@@ -55,27 +55,64 @@ def initial_step(
     r"""The first step of an adaptive solver from ``t0`` towards ``t1``, with every probe in between.
 
     Hairer, Nørsett & Wanner (1993), §II.4 (the algorithm torchdiffeq and SciPy use), with
-    :math:`h_0` and the result capped at :math:`|t_1 - t_0|` as in SciPy's ``select_initial_step``:
-    :math:`d_0 = \lVert x/s\rVert`, :math:`d_1 = \lVert f_0/s\rVert` (RMS norms,
-    :math:`s = \mathrm{atol} + \mathrm{rtol}|x|`), :math:`h_0 = 0.01\,d_0/d_1`, one Euler probe
-    :math:`f_1 = f(t_0 + h_0, x + h_0 f_0)`, :math:`d_2 = \lVert (f_1 - f_0)/s\rVert / h_0` and
-    :math:`h = \min(100 h_0, (0.01/\max(d_1, d_2))^{1/(q + 1)})` with :math:`q` = ``order``, the
-    order of the method's error estimate (4 for dopri5). Two calls of ``func``.
+    :math:`h_0` and the result capped at :math:`|t_1 - t_0|` as in SciPy's ``select_initial_step``;
+    the rule is :func:`initial_step_tensor`'s, with the RMS norm over the whole batch. Two calls of
+    ``func``.
     """
-    interval = float((t1 - t0).abs())
-    direction = 1.0 if float(t1) > float(t0) else -1.0
     f0 = func(t0, x)
+    h = initial_step_tensor(
+        func, x, f0, float(t0), float(t1), order=order, rtol=rtol, atol=atol, norm=_rms
+    )
+    return float(h)
+
+
+def initial_step_tensor(
+    func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    f0: torch.Tensor,
+    t0: float,
+    t1: float,
+    *,
+    order: int,
+    rtol: float,
+    atol: float,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    r"""Hairer's first step as tensor arithmetic (no host sync): one call of ``func``.
+
+    Hairer, Nørsett & Wanner (1993), §II.4: with :math:`f_0 = f(t_0, x)` given,
+    :math:`d_0 = \lVert x/s\rVert`, :math:`d_1 = \lVert f_0/s\rVert`
+    (:math:`s = \mathrm{atol} + \mathrm{rtol}|x|`), :math:`h_0 = 0.01\,d_0/d_1` (:math:`10^{-6}`
+    when either is below :math:`10^{-5}`), capped at :math:`|t_1 - t_0|` as in SciPy's
+    ``select_initial_step``; one Euler probe :math:`f_1 = f(t_0 \pm h_0, x \pm h_0 f_0)`,
+    :math:`d_2 = \lVert (f_1 - f_0)/s\rVert / h_0` and
+    :math:`h = \min(100 h_0, (0.01/\max(d_1, d_2))^{1/(q + 1)}, |t_1 - t_0|)` with :math:`q` =
+    ``order``, the order of the method's error estimate (4 for dopri5). Every time ``func`` sees
+    lies in :math:`[t_0, t_1]`.
+
+    ``norm`` maps a tensor shaped like ``x`` to a 0-dim tensor (one step for the whole batch) or
+    to ``(batch,)`` (one step per sample; ``func`` then receives a ``(batch,)`` time); the step has
+    the norm's shape.
+    """
+    interval = abs(t1 - t0)
+    direction = 1.0 if t1 > t0 else -1.0
     scale = atol + rtol * x.abs()
-    d0, d1 = float(_rms(x / scale)), float(_rms(f0 / scale))
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-    h0 = min(h0, interval)
-    f1 = func(t0 + direction * h0, x + direction * h0 * f0)
-    d2 = float(_rms((f1 - f0) / scale)) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, 1e-3 * h0)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1, interval)
+    d0, d1 = norm(x / scale), norm(f0 / scale)
+    # a NaN norm (a NaN f0) takes the small branch too, so that the probe's time stays finite
+    small = ~(d0 >= 1e-5) | ~(d1 >= 1e-5)
+    h0 = torch.where(small, 1e-6, 0.01 * d0 / d1).clamp(max=interval)
+    per_data = h0.reshape(h0.shape + (1,) * (x.ndim - h0.ndim))
+    # the clamp absorbs round-off only (h0 <= interval), so the probe cannot pass t1
+    t_probe = (t0 + direction * h0).clamp(min(t0, t1), max(t0, t1))
+    f1 = func(t_probe, x + direction * per_data * f0)
+    d2 = norm((f1 - f0) / scale) / h0
+    d_max = torch.maximum(d1, d2)
+    h1 = torch.where(
+        d_max <= 1e-15,
+        torch.clamp(1e-3 * h0, min=1e-6),
+        (0.01 / d_max) ** (1.0 / (order + 1)),
+    )
+    return torch.minimum(100 * h0, h1).clamp(max=interval)
 
 
 @register(

@@ -1,0 +1,50 @@
+"""Count the reads of tensor values by the host: the CPU stand-in for CUDA's sync debug mode.
+
+On a GPU each of these waits for the device (``torch.cuda.set_sync_debug_mode`` flags them); on a
+CPU they cost nothing, so a loop can hide one per step without any timing showing it. Inside
+``with HostReads() as reads:`` every such call on a tensor is counted, and ``reads.calls`` keeps
+the names in order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+#: Tensor methods and functions whose result is a host value, or whose output shape depends on
+#: values (so the host must wait for them)
+SYNCING = frozenset(
+    {
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+        "item",
+        "tolist",
+        "numpy",
+        "cpu",
+        "nonzero",
+        "masked_select",
+        "unique",
+    }
+)
+
+
+class HostReads(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        boolean_index = name == "__getitem__" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        )
+        if name in SYNCING or boolean_index:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
