@@ -2,21 +2,30 @@ r"""Sampling throughput: samples/s and the per-step overhead beyond the network,
 
 A small MLP (2 -> 256 -> 256 -> 2 with a time embedding, :class:`sdekit.networks.MLP`, random
 weights: speed does not depend on training) predicts :math:`\varepsilon` for the VP SDE. Each
-sampler
-runs the same number of steps on the same batch; the *network time* is the same number of model
-calls on the same inputs alone, so
+sampler runs on the same batch; the *network time* per call is that of the same model calls on the
+same inputs alone, so
 
-.. math:: \text{overhead per step} = \frac{t_{\text{sampler}} - t_{\text{network}}}{\text{steps}}
+.. math:: \text{overhead per evaluation} = \frac{t_{\text{sampler}}
+          - \text{NFE}\cdot t_{\text{network call}}}{\text{NFE}}
 
-is what the sampler's own arithmetic (schedule, update, parameterization) costs. k-diffusion's
-``sample_euler`` and ``sample_dpmpp_2m`` run on the same model behind the usual VP-to-sigma wrapper
-(``peers.k_denoiser``); its Euler is the probability-flow ODE's Euler step, so sdekit's ``euler``
-(Karras et al. 2022, Alg. 1 without churn) is its like-for-like row and ``euler_maruyama`` (the
-reverse SDE) is shown beside it.
+is what the sampler's own arithmetic (schedule, update, parameterization, step control) costs per
+model evaluation (per step for the one-evaluation methods). On a CPU the times are the process's
+CPU time, which the other jobs of a shared machine do not inflate the way they inflate the wall
+clock; on a GPU the wall clock with a synchronisation around each run. Peers, on the same model behind the
+usual VP-to-sigma wrapper (``peers.k_denoiser``):
 
-    python benchmarks/throughput.py                   # CPU, quick
-    python benchmarks/throughput.py --full            # more batch sizes and repeats
-    python benchmarks/throughput.py --device cuda     # adds sample(compile=True)
+- ``euler`` (Karras et al. 2022, Alg. 1 without churn, the probability-flow ODE's Euler step) and
+  ``dpmpp_2m`` against k-diffusion's ``sample_euler`` and ``sample_dpmpp_2m`` on ``steps + 1``
+  Karras sigmas without the final 0: the same ``steps`` model calls;
+- ``euler_maruyama`` (the reverse SDE) against ``sample_euler_ancestral``, k-diffusion's one-call
+  stochastic step;
+- ``ode`` (the adaptive probability-flow ODE, torchdiffeq's dopri5 at ``--tol``) against
+  ``sample_dpm_adaptive`` at the same tolerance: different algorithms with different NFE, so the
+  overhead per evaluation is the comparable figure.
+
+    python benchmarks/throughput.py                   # CPU (and CUDA beside it when present)
+    python benchmarks/throughput.py --full            # more repeats, batch 16384 too
+    python benchmarks/throughput.py --device cuda     # the GPU only; adds sample(compile=True)
 """
 
 from __future__ import annotations
@@ -36,41 +45,84 @@ from sdekit.sampling import sample
 sys.path.insert(0, str(Path(__file__).parent))
 import peers as peer_lib  # noqa: E402
 
+#: sdekit method -> the k-diffusion sampler it is compared with
+PEER_OF = {
+    "euler": "euler",
+    "euler_maruyama": "euler_ancestral",
+    "dpmpp_2m": "dpmpp_2m",
+    "dpmpp_2m compile": "dpmpp_2m",
+    "ode": "dpm_adaptive",
+}
+
+
+def devices(choice: str) -> list[torch.device]:
+    """``auto``: the CPU, and the GPU beside it when CUDA is present; else the one named."""
+    if choice != "auto":
+        if choice.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit(f"--device {choice}: CUDA is not available on this machine")
+        return [torch.device(choice)]
+    if not torch.cuda.is_available():
+        print("CUDA is not available: the GPU rows are skipped\n")
+        return [torch.device("cpu")]
+    return [torch.device("cpu"), torch.device("cuda")]
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def best_times(fns: dict, device: torch.device, repeats: int) -> dict:
-    """The fastest of ``repeats`` runs of each function, after a warm-up.
+class Counted(torch.nn.Module):
+    """The model with a call counter, so every row's NFE is counted the same way."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.model(x, t)
+
+
+def clock(device: torch.device):
+    """The process's CPU time on a CPU (a shared machine's other jobs do not count in it), the wall
+    clock on a GPU (whose work is not the process's CPU time)."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+def best_times(fns: dict, model: Counted, device: torch.device, repeats: int) -> dict:
+    """``{key: (fastest of repeats s, model calls)}``, after a warm-up.
 
     The functions take turns within each round, so a burst of load elsewhere on the machine hits
     them alike; the minimum is the run least disturbed by it.
     """
-    for fn in fns.values():
+    now = clock(device)
+    calls = {}
+    for key, fn in fns.items():
+        model.calls = 0
         fn()
+        calls[key] = model.calls
     times = {key: float("inf") for key in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            start = now()
             fn()
             sync(device)
-            times[key] = min(times[key], time.perf_counter() - start)
-    return times
+            times[key] = min(times[key], now() - start)
+    return {key: (times[key], calls[key]) for key in fns}
 
 
-def runners(model, sde, k, x_T: torch.Tensor, steps: int, device: torch.device) -> dict:
+def runners(model, sde, k, x_T: torch.Tensor, args, device: torch.device) -> dict:
     """``{(library, method): run()}``, plus ``("network", "alone")``: the same model calls alone."""
-    batch = x_T.shape[0]
+    batch, steps = x_T.shape[0], args.steps
     ts = torch.linspace(sde.T, sde.t_min, steps, device=device)
 
     def network():
         for i in range(steps):
             model(x_T, ts[i].expand(batch))
 
-    def sdekit_run(method, compile=False):
+    def sdekit_run(method, compile=False, **options):
         return lambda: sample(
             model,
             sde,
@@ -80,6 +132,7 @@ def runners(model, sde, k, x_T: torch.Tensor, steps: int, device: torch.device) 
             prediction="eps",
             denoise_final=False,
             compile=compile,
+            **options,
         )
 
     runs = {("network", "alone"): network}
@@ -87,6 +140,7 @@ def runners(model, sde, k, x_T: torch.Tensor, steps: int, device: torch.device) 
         runs["sdekit", method] = sdekit_run(method)
     if device.type == "cuda":
         runs["sdekit", "dpmpp_2m compile"] = sdekit_run("dpmpp_2m", compile=True)
+    runs["sdekit", "ode"] = sdekit_run("ode", rtol=args.tol, atol=args.tol)
     if k is not None:
         lo, hi = peer_lib.k_sigma_range(sde)
         denoiser = peer_lib.k_denoiser(score_fn(model, sde, "eps"), sde)
@@ -94,56 +148,73 @@ def runners(model, sde, k, x_T: torch.Tensor, steps: int, device: torch.device) 
         # model calls as sdekit.
         sigmas = k.get_sigmas_karras(steps + 1, lo, hi, device=device)[:-1]
         x_k = x_T * (1 + hi**2) ** 0.5
-        for method, fn in (("euler", k.sample_euler), ("dpmpp_2m", k.sample_dpmpp_2m)):
-            runs["k-diffusion", method] = lambda fn=fn: fn(denoiser, x_k, sigmas, disable=True)
+        for name in ("euler", "euler_ancestral", "dpmpp_2m"):
+            fn = getattr(k, f"sample_{name}")
+            runs["k-diffusion", name] = lambda fn=fn: fn(denoiser, x_k, sigmas, disable=True)
+        runs["k-diffusion", "dpm_adaptive"] = lambda: k.sample_dpm_adaptive(
+            denoiser, x_k, lo, hi, rtol=args.tol, atol=args.tol, disable=True
+        )
     return runs
+
+
+def bench(device: torch.device, args, k) -> list[tuple]:
+    torch.manual_seed(0)
+    model = Counted(MLP(dim=2, hidden=256, depth=2).to(device).eval())
+    sde = sdekit.VPSDE()
+    rows = []
+    with torch.inference_mode():
+        for batch in args.batch:
+            x_T = torch.randn(batch, 2, device=device)
+            times = best_times(
+                runners(model, sde, k, x_T, args, device), model, device, args.repeats
+            )
+            t_net, net_calls = times.pop(("network", "alone"))
+            per_call = t_net / net_calls
+            for (library, method), (elapsed, nfe) in times.items():
+                overhead = (elapsed - nfe * per_call) / nfe
+                rows.append((device.type, batch, library, method, elapsed, nfe, overhead))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="more batch sizes and repeats")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes")
+    parser.add_argument("--full", action="store_true", help="more repeats, batch 16384 too")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CPU, and CUDA if present), cpu, cuda"
+    )
+    parser.add_argument("--steps", type=int, default=20, help="fixed-grid steps (default 20)")
+    parser.add_argument("--tol", type=float, default=1e-3, help="rtol = atol of the adaptive ODEs")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 64 1024)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = parser.parse_args()
-    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    batches = args.batch or ([256, 4096, 65536] if args.full else [1024])
-    repeats = 50 if args.full else 30
-
-    torch.manual_seed(0)
-    model = MLP(dim=2, hidden=256, depth=2).to(device).eval()
-    sde = sdekit.VPSDE()
+    args.batch = args.batch or ([1, 64, 1024, 16384] if args.full else [1, 64, 1024])
+    args.repeats = 50 if args.full else 20
     k = peer_lib.load_k_diffusion_sampling()
     if k is None:
         print("k-diffusion is not installed: its rows are left out")
-
-    rows = []
-    with torch.inference_mode():
-        for batch in batches:
-            x_T = torch.randn(batch, 2, device=device)
-            times = best_times(runners(model, sde, k, x_T, args.steps, device), device, repeats)
-            t_net = times.pop(("network", "alone"))
-            rows += [
-                (batch, lib, method, elapsed, t_net) for (lib, method), elapsed in times.items()
-            ]
+    rows = [row for device in devices(args.device) for row in bench(device, args, k)]
 
     print(
-        f"{args.steps} steps, MLP 2-256-256-2 (eps), {args.device}, "
-        f"{torch.get_num_threads()} thread(s), best of {repeats} runs; "
-        f"network alone = {args.steps} model calls on the same inputs\n"
+        f"MLP 2-256-256-2 (eps), VP SDE; fixed-grid methods {args.steps} steps, adaptive ODEs "
+        f"rtol = atol = {args.tol:g}; {torch.get_num_threads()} CPU thread(s), best of "
+        f"{args.repeats} runs (process CPU time on the CPU, wall time on a GPU); overhead = "
+        "(time - NFE x network call) / NFE\n"
     )
-    print("| batch | library | method | samples/s | overhead/step (ms) | time vs k-diffusion |")
-    print("|---:|---|---|---:|---:|---:|")
-    reference = {(b, m): e for b, lib, m, e, _ in rows if lib == "k-diffusion"}
-    for batch, library, method, elapsed, t_net in rows:
-        overhead = (elapsed - t_net) / args.steps * 1e3
-        base = method.split()[0].replace("euler_maruyama", "euler")
-        ratio = elapsed / reference[batch, base] if (batch, base) in reference else float("nan")
+    print(
+        "| device | batch | library | method | NFE | samples/s | overhead/eval (ms) "
+        "| time vs k-diffusion | overhead vs k-diffusion |"
+    )
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+    peer = {(d, b, m): (e, o) for d, b, lib, m, e, _, o in rows if lib == "k-diffusion"}
+    for device, batch, library, method, elapsed, nfe, overhead in rows:
+        ref = peer.get((device, batch, PEER_OF.get(method))) if library == "sdekit" else None
+        same_work = ref is not None and method != "ode"  # the adaptive ODEs differ in NFE
+        time_ratio = f"{elapsed / ref[0]:.2f}" if same_work else ""
+        overhead_ratio = f"{overhead / ref[1]:.2f}" if ref is not None and ref[1] > 0 else ""
         print(
-            f"| {batch} | {library} | {method} | {batch / elapsed:,.0f} | {overhead:.3f} "
-            f"| {ratio:.2f} |"
+            f"| {device} | {batch} | {library} | {method} | {nfe} | {batch / elapsed:,.0f} "
+            f"| {overhead * 1e3:.3f} | {time_ratio} | {overhead_ratio} |"
         )
 
 

@@ -31,7 +31,7 @@ from torchdiffeq import odeint
 from .checks import NONFINITE_HINT, check_choice, check_float_input, check_output, check_positive
 from .conditioning import Cond, call_model, check_cond
 from .linear import LinearSDE
-from .ode_solvers import dopri5, rms_norm
+from .ode_solvers import StepSizeCollapse, dopri5, rms_norm
 from .parameterization import check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sampling.ode import ADAPTIVE_ORDER, initial_step
@@ -197,7 +197,7 @@ def log_likelihood(
     x: torch.Tensor,
     *,
     prediction: str = "score",
-    method: str = "dopri5",
+    method: str = PER_SAMPLE,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     steps: int | None = None,
@@ -239,8 +239,10 @@ def log_likelihood(
             :math:`-\tfrac12\sum_i\partial_{x_i}^2 G_i^2` of :math:`\nabla\cdot\tilde f`.
         x: data, ``(batch, *data_shape)`` with batch >= 1, float32 or float64, finite.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
-        method: ``"dopri5_per_sample"`` (sdekit's Dormand-Prince 5(4), a step size per sample),
-            an adaptive torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid one
+        method: ``"dopri5_per_sample"`` (sdekit's Dormand-Prince 5(4) with a step size per
+            sample; the default: fewer evaluations and less time than torchdiffeq's ``"dopri5"``
+            at the same worst-sample error, see ``benchmarks/likelihood.py``), an adaptive
+            torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid one
             (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
         rtol, atol: tolerances of an adaptive method.
         steps: a uniform grid of ``steps`` steps from :math:`t_0` to :math:`T`, so that the number
@@ -381,10 +383,13 @@ def _solve_per_sample(drift_and_div, ode, x, t0, T, rtol, atol, check_every, pri
             y, stats = dopri5(
                 func, y0, t0, T, rtol=rtol, atol=atol, norm=norm, check_every=check_every
             )
-        except FloatingPointError as error:
+        except StepSizeCollapse as error:
+            rows, batch = error.rows, x.shape[0]
             raise FloatingPointError(
-                f"log_likelihood: {error}; the drift or its divergence is likely NaN or inf: "
-                f"{NONFINITE_HINT}"
+                f"log_likelihood: the ODE solver {PER_SAMPLE!r} could not take a step for "
+                f"{len(rows)} of {batch} samples (indices {rows[:8]}"
+                f"{', ...' if len(rows) > 8 else ''}): its step size collapsed; the drift or its "
+                f"divergence is likely NaN or inf there: {NONFINITE_HINT}"
             ) from None
     x_T, integral = y[:, :D].reshape(x.shape), y[:, D]
     prior_term = prior(x_T)

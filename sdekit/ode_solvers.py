@@ -67,6 +67,14 @@ ORDER, ERROR_ORDER = 5, 4
 SAFETY, FACTOR_MIN, FACTOR_MAX = 0.9, 0.2, 10.0
 
 
+class StepSizeCollapse(FloatingPointError):
+    """Rows whose step size fell below the time resolution; ``rows`` lists them (all of them)."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
 @dataclass
 class SolveStats:
     """What :func:`dopri5` did.
@@ -164,8 +172,8 @@ def dopri5(
         ``(y1, stats)``: the solution at ``t1`` of each row and a :class:`SolveStats`.
 
     Raises:
-        FloatingPointError: when a row's step size collapses (its error estimate stays above the
-            tolerance, e.g. NaN or inf from ``func``), naming the rows.
+        StepSizeCollapse: (a ``FloatingPointError``) when a row's step size collapses (its error
+            estimate stays above the tolerance, e.g. NaN or inf from ``func``), naming the rows.
         RuntimeError: when ``max_steps`` iterations do not bring every row to ``t1``.
 
     The result of a row does not depend on the other rows (their values or how many there are)
@@ -228,11 +236,12 @@ def dopri5(
             )
     stats = SolveStats(2 + 6 * iterations, iterations, accepted, rejected, reads)
     if bool(failed.any()):
-        rows = failed.nonzero().flatten()
-        shown = rows[:8].tolist()
-        raise FloatingPointError(
-            f"dopri5: the step size of {len(rows)} of {batch} rows (indices {shown}"
-            f"{', ...' if len(rows) > 8 else ''}) fell below {h_min:.3g} before t1 = {t1}: "
-            "their error estimate stayed above the tolerance, which a NaN or inf from func causes"
+        rows = failed.nonzero().flatten().tolist()
+        raise StepSizeCollapse(
+            f"dopri5 could not take a step for {len(rows)} of {batch} rows (indices {rows[:8]}"
+            f"{', ...' if len(rows) > 8 else ''}): the step size fell below {h_min:.3g} before "
+            f"t1 = {t1}, the error estimate staying above the tolerance, which a NaN or inf from "
+            "func causes",
+            rows,
         )
     return y, stats

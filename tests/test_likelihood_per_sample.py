@@ -54,8 +54,8 @@ class Gaussian:
 def test_matches_the_analytic_density(gm):
     sde = sdekit.VPSDE()
     x = data(gm, 64)
-    log_p, info = log_likelihood(
-        gm.score_fn(sde), sde, x, t_min=0.0, method=METHOD, prior_log_prob=exact_prior(gm, sde)
+    log_p, info = log_likelihood(  # the default method
+        gm.score_fn(sde), sde, x, t_min=0.0, prior_log_prob=exact_prior(gm, sde)
     )
     assert (log_p - gm.log_prob(x)).abs().max() < 1e-3
     assert info.steps.shape == (64,) and info.steps.dtype == torch.int64
@@ -188,7 +188,7 @@ def test_options_that_do_not_apply_raise():
     sde = sdekit.VPSDE()
     x = data(GM1, 4)
     with pytest.raises(ValueError, match="check_every applies to method='dopri5_per_sample'"):
-        log_likelihood(GM1.score_fn(sde), sde, x, check_every=4)
+        log_likelihood(GM1.score_fn(sde), sde, x, method="dopri5", check_every=4)
     with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
         log_likelihood(GM1.score_fn(sde), sde, x, method=METHOD, check_every=0)
     with pytest.raises(ValueError, match="steps=4 needs a fixed-grid method"):
