@@ -28,6 +28,7 @@ batch), which is why the comparison is made at equal achieved error, not at equa
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -122,6 +123,28 @@ def measure_all(sde, x, tol, exact, repeats) -> dict:
     return {name: (*out[name], wall[name], cpu[name]) for name in SOLVERS}
 
 
+def at_target(points: list[tuple], target: float) -> tuple | None:
+    """``(nfe, wall, cpu)`` where the worst-sample error crosses ``target``, interpolated.
+
+    ``points`` are ``(tol, max err, nfe, wall, cpu)`` from loose to tight. Between the last point
+    above the target and the first below it, NFE and the log-times are interpolated linearly in
+    log(error), so that the comparison does not depend on where the sweep's tolerances fall.
+    """
+    for i, (_, err, *cost) in enumerate(points):
+        if err < target:
+            if i == 0:
+                return None  # already below at the loosest tolerance: no bracket
+            _, err0, *cost0 = points[i - 1]
+            w = (math.log(target) - math.log(err0)) / (math.log(err) - math.log(err0))
+            nfe = cost0[0] + w * (cost[0] - cost0[0])
+            times = [
+                math.exp(math.log(a) + w * (math.log(b) - math.log(a)))
+                for a, b in zip(cost0[1:], cost[1:], strict=True)
+            ]
+            return (nfe, *times)
+    return None
+
+
 def bench(device: torch.device, args, tols) -> None:
     sde = sdekit.VPSDE()
     x = MIXTURE.sample(args.batch, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -134,7 +157,7 @@ def bench(device: torch.device, args, tols) -> None:
     )
     print("| rtol=atol | solver | max err | mean err | NFE | wall s | CPU s |")
     print("|---|---|---|---|---|---|---|")
-    reached = {}
+    reached, sweep = {}, {name: [] for name in SOLVERS}
     for tol in tols:
         results = measure_all(sde, x, tol, exact, args.repeats)
         for name, (err_max, err_mean, nfe, wall, cpu) in results.items():
@@ -143,6 +166,7 @@ def bench(device: torch.device, args, tols) -> None:
                 f"| {cpu:.3f} |",
                 flush=True,
             )
+            sweep[name].append((tol, err_max, nfe, wall, cpu))
             if err_max < args.target and name not in reached:
                 reached[name] = (tol, err_max, nfe, wall, cpu)
     print(f"\nLoosest tolerance of the sweep whose worst-sample error is < {args.target:g} nats:\n")
@@ -164,6 +188,18 @@ def bench(device: torch.device, args, tols) -> None:
             f"| {device} | {name} | {tol:.0e} | {err:.2e} | {nfe} | {wall:.3f} | {cpu:.3f} "
             f"| {ratio} |"
         )
+    print(f"\nInterpolated to a worst-sample error of {args.target:g} nats:\n")
+    print(f"| device | solver | NFE | wall s | CPU s | {kind} scipy/this |")
+    print("|---|---|---|---|---|---|")
+    crossing = {name: at_target(sweep[name], args.target) for name in SOLVERS}
+    for name, cross in crossing.items():
+        if cross is None:
+            print(f"| {device} | {name} | not bracketed by the sweep | | | |")
+            continue
+        ratio = ""
+        if crossing["scipy"] is not None:
+            ratio = f"{crossing['scipy'][column - 2] / cross[column - 2]:.2f}"
+        print(f"| {device} | {name} | {cross[0]:.0f} | {cross[1]:.3f} | {cross[2]:.3f} | {ratio} |")
     print()
 
 

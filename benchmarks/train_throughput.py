@@ -6,16 +6,28 @@ resolutions and in the middle, 64-channel heads), built from the same widths, so
 counts agree to within a few percent (printed). Each training step is identical for both: the
 :math:`\varepsilon`-MSE of :class:`~sdekit.losses.DenoisingScoreMatching` on a VP SDE (uniform
 :math:`t`, diffusers is fed the timestep :math:`1000\,t`), backward, AdamW. The two models alternate
-round by round, so a busy machine slows both alike; the reported time is the median step.
+round by round, so a busy machine slows both alike; the reported time is the median step, in
+process CPU time on a CPU (other jobs on a shared machine do not count in it) and wall time on a GPU.
 
-    python benchmarks/train_throughput.py                      # quick, CPU
-    python benchmarks/train_throughput.py --full               # more steps, a CIFAR-sized DDPM++
-    python benchmarks/train_throughput.py --device cuda --bf16 --channels-last --full
+Configurations: ``digits`` (the UNet of ``examples/train_digits.py``: 8x8x1, 32 channels, batch
+128), ``4M`` (32x32x3, 64 channels, mults 1-2-2), ``38M`` (32x32x3, 128 channels, mults 1-2-2-2, two
+blocks per level: the DDPM++ CIFAR-10 size). Variants, each applied to both networks alike:
+
+- ``eager``: contiguous tensors, ``torch.optim.AdamW`` with its default implementation;
+- ``fast``: channels_last (network and batch) and ``AdamW(fused=True)`` (one kernel for the
+  whole parameter set; torch supports it on CPU and CUDA);
+- ``compile`` (with ``--compile``): ``fast`` plus ``torch.compile`` of the network;
+- ``bf16`` (with ``--bf16``): ``fast`` under bfloat16 autocast.
+
+    python benchmarks/train_throughput.py                 # digits and 4M, CPU (and CUDA if present)
+    python benchmarks/train_throughput.py --full          # 38M too, more steps
+    python benchmarks/train_throughput.py --device cuda --full --bf16 --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 
@@ -25,20 +37,21 @@ from sdekit.linear import VPSDE
 from sdekit.losses import DenoisingScoreMatching
 from sdekit.networks import UNet
 
-# name -> (UNet kwargs, batch)
+# name -> (UNet kwargs, CPU batch, GPU batch)
 CONFIGS = {
-    "8x8x1": (
+    "digits": (
         dict(
             in_channels=1,
             image_size=8,
-            base_channels=64,
+            base_channels=32,
             channel_mults=(1, 2),
-            num_res_blocks=2,
+            num_res_blocks=1,
             attn_resolutions=(4,),
         ),
-        32,
+        128,
+        128,
     ),
-    "32x32x3": (
+    "4M": (
         dict(
             in_channels=3,
             image_size=32,
@@ -48,10 +61,12 @@ CONFIGS = {
             attn_resolutions=(16,),
         ),
         32,
+        128,
     ),
 }
 FULL_CONFIGS = {
-    "32x32x3-ddpm": (
+    # batch 8 on a CPU: a step of batch 32 takes tens of seconds on one core
+    "38M": (
         dict(
             in_channels=3,
             image_size=32,
@@ -60,9 +75,22 @@ FULL_CONFIGS = {
             num_res_blocks=2,
             attn_resolutions=(16,),
         ),
-        32,
+        8,
+        128,
     ),
 }
+
+
+def devices(choice: str) -> list[torch.device]:
+    """``auto``: the CPU, and the GPU beside it when CUDA is present; else the one named."""
+    if choice != "auto":
+        if choice.startswith("cuda") and not torch.cuda.is_available():
+            raise SystemExit(f"--device {choice}: CUDA is not available on this machine")
+        return [torch.device(choice)]
+    if not torch.cuda.is_available():
+        print("CUDA is not available: the GPU rows are skipped\n")
+        return [torch.device("cpu")]
+    return [torch.device("cpu"), torch.device("cuda")]
 
 
 def diffusers_unet(cfg: dict) -> torch.nn.Module:
@@ -103,18 +131,20 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_step(model, batch: int, cfg: dict, args):
-    device = torch.device(args.device)
+def make_step(model, batch: int, cfg: dict, device: torch.device, variant: str):
+    fast = variant != "eager"
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    model.to(device, memory_format=fmt).train()
+    net = torch.compile(model) if variant == "compile" else model
     loss_fn = DenoisingScoreMatching(VPSDE(), "eps")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if fast else None)
     shape = (batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x0 = torch.randn(shape, device=device).to(memory_format=fmt)
     generator = torch.Generator(device).manual_seed(0)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = loss_fn(model, x0, generator=generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+            loss = loss_fn(net, x0, generator=generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,75 +152,88 @@ def make_step(model, batch: int, cfg: dict, args):
     return step
 
 
-def time_steps(step, n: int, device: str) -> list[tuple[float, float]]:
-    """``(wall, process CPU)`` seconds per step; CPU time is robust to other jobs on a shared box."""
+def time_steps(step, n: int, device: torch.device) -> list[float]:
+    """Seconds per step: process CPU time on a CPU, wall time (synchronised) on a GPU."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     times = []
     for _ in range(n):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start, start_cpu = time.perf_counter(), time.process_time()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = clock()
         step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start, time.process_time() - start_cpu))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(clock() - start)
     return times
 
 
-def run(name: str, cfg: dict, batch: int, args) -> str:
+def run(name: str, cfg: dict, batch: int, device: torch.device, variant: str, args) -> dict:
+    """Median seconds per step of both networks under ``variant``, alternating round by round."""
     torch.manual_seed(0)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    models = {
-        "sdekit": UNet(**cfg, dropout=0.1),
-        "diffusers": DiffusersEps(diffusers_unet(cfg)),
-    }
-    steps, counts, times = {}, {}, {k: [] for k in models}
-    for key, model in models.items():
-        model.to(args.device, memory_format=fmt).train()
-        counts[key] = n_params(model)
-        steps[key] = make_step(model, batch, cfg, args)
-        time_steps(steps[key], args.warmup, args.device)
+    models = {"sdekit": UNet(**cfg, dropout=0.1)}
+    if args.diffusers:
+        models["diffusers"] = DiffusersEps(diffusers_unet(cfg))
+    counts = {key: n_params(model) for key, model in models.items()}
+    steps = {key: make_step(m, batch, cfg, device, variant) for key, m in models.items()}
+    warmup = args.warmup + (2 if variant == "compile" else 0)  # compile on the first calls
+    for step in steps.values():
+        time_steps(step, warmup, device)
+    times = {key: [] for key in models}
     order = list(models)
     for _ in range(args.rounds):  # alternate so that load on a shared machine hits both alike
         for key in order:
-            times[key] += time_steps(steps[key], args.steps, args.device)
+            times[key] += time_steps(steps[key], args.steps, device)
         order.reverse()  # and neither always runs right after the other
-    (ours, ours_cpu), (theirs, theirs_cpu) = (
-        [statistics.median(column) for column in zip(*times[k], strict=True)]
-        for k in ("sdekit", "diffusers")
-    )
-    return (
-        f"| {name} | {batch} | {counts['sdekit'] / 1e6:.2f}M | {counts['diffusers'] / 1e6:.2f}M "
-        f"| {1 / ours:.2f} | {1 / theirs:.2f} | {theirs / ours:.2f}x "
-        f"| {theirs_cpu / ours_cpu:.2f}x |"
-    )
+    return {key: (statistics.median(times[key]), counts[key]) for key in models}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--full", action="store_true", help="more steps and a CIFAR-sized DDPM++")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CPU, and CUDA if present), cpu, cuda"
+    )
+    parser.add_argument("--full", action="store_true", help="the 38M configuration, more steps")
+    parser.add_argument("--configs", nargs="+", help="only these configurations")
+    parser.add_argument("--bf16", action="store_true", help="add the bfloat16-autocast variant")
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.warmup, args.rounds, args.steps = (3, 6, 4) if args.full else (2, 6, 1)
-    configs = {**CONFIGS, **FULL_CONFIGS} if args.full else CONFIGS
-    flags = " ".join(
-        f for f, on in [("bf16", args.bf16), ("channels_last", args.channels_last)] if on
+    torch.set_num_threads(args.threads)
+    args.warmup, args.rounds, args.steps = (2, 4, 3) if args.full else (2, 4, 1)
+    configs = {**CONFIGS, **FULL_CONFIGS} if args.full else dict(CONFIGS)
+    if args.configs:
+        configs = {name: configs[name] for name in args.configs}
+    variants = ["eager", "fast"] + ["compile"] * args.compile + ["bf16"] * args.bf16
+    targets = devices(args.device)
+    args.diffusers = importlib.util.find_spec("diffusers") is not None
+    if not args.diffusers:
+        print("diffusers is not installed: its columns are left empty\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s); eps-MSE + AdamW, "
+        "median step (CPU: process time; GPU: wall)\n"
     )
     print(
-        f"device {args.device} {flags}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; AdamW, eps-MSE, median step\n"
+        "| device | config | batch | params sdekit | params diffusers | variant | sdekit steps/s "
+        "| diffusers steps/s | sdekit/diffusers | sdekit vs its eager |"
     )
-    print(
-        "| config | batch | params sdekit | params diffusers | sdekit steps/s "
-        "| diffusers steps/s | speed-up | CPU-time speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, (cfg, batch) in configs.items():
-        print(run(name, cfg, batch, args), flush=True)
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    for device in targets:
+        for name, (cfg, cpu_batch, gpu_batch) in configs.items():
+            batch = gpu_batch if device.type == "cuda" else cpu_batch
+            eager = None
+            for variant in variants:
+                result = run(name, cfg, batch, device, variant, args)
+                ours, n_ours = result["sdekit"]
+                eager = eager or ours
+                peer = ["", "", ""]
+                if "diffusers" in result:
+                    theirs, n_theirs = result["diffusers"]
+                    peer = [f"{n_theirs / 1e6:.2f}M", f"{1 / theirs:.2f}", f"{theirs / ours:.2f}x"]
+                print(
+                    f"| {device.type} | {name} | {batch} | {n_ours / 1e6:.2f}M | {peer[0]} "
+                    f"| {variant} | {1 / ours:.2f} | {peer[1]} | {peer[2]} | {eager / ours:.2f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

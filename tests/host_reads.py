@@ -8,6 +8,8 @@ the names in order.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -48,3 +50,16 @@ class HostReads(TorchFunctionMode):
         if name in SYNCING or boolean_index:
             self.calls.append(name)
         return func(*args, **(kwargs or {}))
+
+
+def count_cuda_syncs(fn):
+    """``(fn(), number of synchronizing CUDA operations it ran)``, by torch's sync debug mode."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return out, sum("synchroniz" in str(w.message) for w in caught)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from host_reads import HostReads
+from host_reads import HostReads, count_cuda_syncs
 
 import sdekit
 from sdekit.likelihood import log_likelihood
@@ -193,3 +193,33 @@ def test_options_that_do_not_apply_raise():
         log_likelihood(GM1.score_fn(sde), sde, x, method=METHOD, check_every=0)
     with pytest.raises(ValueError, match="steps=4 needs a fixed-grid method"):
         log_likelihood(GM1.score_fn(sde), sde, x, method=METHOD, steps=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_likelihood_syncs_once_per_check_and_matches_the_cpu():
+    sde = sdekit.VPSDE()
+    x = data(GM2, 256, seed=6)
+
+    def solve(x, tol, k):
+        return log_likelihood(
+            GM2.score_fn(sde),
+            sde,
+            x,
+            t_min=0.0,
+            rtol=tol,
+            atol=tol,
+            check_every=k,
+            prior_log_prob=exact_prior(GM2, sde),
+        )
+
+    left = {}
+    for tol in (1e-4, 1e-6):
+        for k in (1, 4):
+            (log_p, info), syncs = count_cuda_syncs(lambda: solve(x.cuda(), tol, k))  # noqa: B023
+            left[tol, k] = syncs - math.ceil((info.nfe - 2) // 6 / k)
+    assert log_p.device.type == "cuda"
+    torch.testing.assert_close(log_p.cpu(), solve(x, 1e-6, 4)[0], rtol=0, atol=1e-9)
+    assert (log_p.cpu() - GM2.log_prob(x)).abs().max() < 1e-4
+    # the same few syncs before and after the solve, whatever its length
+    assert len(set(left.values())) == 1 and left[1e-4, 1] <= 8, left

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from host_reads import HostReads
+from host_reads import HostReads, count_cuda_syncs
 from scipy.integrate import solve_ivp
 
 from sdekit.ode_solvers import B_HAT, B, C, E, dopri5, dopri5_step
@@ -203,3 +203,18 @@ def test_bad_arguments_raise():
         dopri5(
             closed_form_rhs, closed_form_solution(0.0), 0.0, 2.0, rtol=1e-9, atol=1e-9, max_steps=5
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("check_every", [1, 4])
+def test_on_cuda_the_loop_syncs_once_per_check_and_matches_the_cpu(check_every):
+    y0 = torch.rand(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64) * 3 + 0.1
+    kwargs = dict(rtol=1e-6, atol=1e-6, check_every=check_every)
+    y_cpu, s_cpu = dopri5(coupled_rhs, y0, 0.0, 2.0, **kwargs)
+    (y, stats), syncs = count_cuda_syncs(lambda: dopri5(coupled_rhs, y0.cuda(), 0.0, 2.0, **kwargs))
+    # the reads of "all arrived?" and the final "any failed?": nothing per step
+    assert syncs == stats.host_reads + 1 == math.ceil(stats.iterations / check_every) + 1
+    assert y.device.type == "cuda"
+    torch.testing.assert_close(y.cpu(), y_cpu, rtol=1e-9, atol=1e-12)
+    assert int((stats.accepted.cpu() - s_cpu.accepted).abs().max()) <= 1
