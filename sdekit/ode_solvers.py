@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_positive
 from .sampling.ode import initial_step_tensor
 
 Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -181,6 +182,13 @@ def dopri5(
     """
     if not (isinstance(check_every, int) and check_every >= 1):
         raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if not (isinstance(y0, torch.Tensor) and y0.is_floating_point() and y0.ndim >= 1):
+        raise ValueError(
+            "y0 must be a floating-point tensor of shape (batch, *shape), got "
+            f"{getattr(y0, 'dtype', type(y0).__name__)} {tuple(getattr(y0, 'shape', ()))}"
+        )
     if t0 == t1:
         raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
     batch, device, dtype = y0.shape[0], y0.device, y0.dtype

@@ -197,6 +197,10 @@ def test_bad_arguments_raise():
     y0 = torch.ones(2, 1, dtype=F64)
     with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
         dopri5(coupled_rhs, y0, 0.0, 1.0, rtol=1e-3, atol=1e-3, check_every=0)
+    with pytest.raises(ValueError, match="rtol must be a finite number > 0"):
+        dopri5(coupled_rhs, y0, 0.0, 1.0, rtol=0.0, atol=1e-3)
+    with pytest.raises(ValueError, match="y0 must be a floating-point tensor"):
+        dopri5(coupled_rhs, torch.ones(2, 1, dtype=torch.int64), 0.0, 1.0, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="t0 and t1 must differ"):
         dopri5(coupled_rhs, y0, 1.0, 1.0, rtol=1e-3, atol=1e-3)
     with pytest.raises(RuntimeError, match="max_steps"):
