@@ -39,7 +39,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder")
 FIXED_IMAGE_SIDES = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 
-# fields that may change when a run is resumed (they do not change what is computed)
+# fields that may change when a run is resumed (they do not change what is computed; device,
+# memory format and compilation change at most its round-off)
 RESUMABLE_CHANGES = {
     "steps",
     "device",
@@ -50,6 +51,8 @@ RESUMABLE_CHANGES = {
     "sample_method",
     "sample_steps",
     "sample_n",
+    "channels_last",
+    "compile",
 }
 
 
@@ -103,6 +106,12 @@ class TrainConfig:
     ema_decay: float = _help("EMA decay d in [0, 1)", 0.999)
     ema_warmup: bool = _help("EMA decay min(d, (1 + n) / (10 + n)) after n updates", True)
     precision: str = _help(f"network precision: one of {', '.join(PRECISIONS)}", "fp32")
+    channels_last: bool = _help(
+        "image networks and batches in channels_last memory format (for bf16 convolutions on a "
+        "GPU; no faster on a CPU)",
+        False,
+    )
+    compile: bool = _help("torch.compile the network (its first steps compile it)", False)
     seed: int = _help("seed of the data, the noise and the initialisation", 0)
     device: str = _help("'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'", "auto")
     out: str = _help("run directory: checkpoint, sample grids, config", "runs/toy")

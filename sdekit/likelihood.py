@@ -239,11 +239,12 @@ def log_likelihood(
             :math:`-\tfrac12\sum_i\partial_{x_i}^2 G_i^2` of :math:`\nabla\cdot\tilde f`.
         x: data, ``(batch, *data_shape)`` with batch >= 1, float32 or float64, finite.
         prediction: one of :data:`sdekit.parameterization.PREDICTIONS`.
-        method: ``"dopri5_per_sample"`` (sdekit's Dormand-Prince 5(4) with a step size per
-            sample; the default: fewer evaluations and less time than torchdiffeq's ``"dopri5"``
-            at the same worst-sample error, see ``benchmarks/likelihood.py``), an adaptive
-            torchdiffeq method (``"dopri5"``, ...) or, with ``steps``, a fixed-grid one
-            (``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``, ``"rk4"``).
+        method: ``"dopri5_per_sample"`` (the default: sdekit's Dormand-Prince 5(4) with a step
+            size per sample, as few or fewer evaluations than torchdiffeq's ``"dopri5"`` at the
+            same worst-sample error and no host decision per step; see the likelihood guide and
+            ``benchmarks/likelihood.py``), an adaptive torchdiffeq method (``"dopri5"``, ...)
+            or, with ``steps``, a fixed-grid one (``"euler"``, ``"midpoint"``, ``"heun2"``,
+            ``"heun3"``, ``"rk4"``).
         rtol, atol: tolerances of an adaptive method.
         steps: a uniform grid of ``steps`` steps from :math:`t_0` to :math:`T`, so that the number
             of evaluations is known in advance (``steps`` times the stages: 1, 2, 2, 3, 4)

@@ -33,6 +33,14 @@ dropout) are saved in every checkpoint, one set per process.
 
 Multi-process training runs under ``torchrun`` (:mod:`sdekit.distributed`): each process takes its
 slice of every global batch and DDP averages the gradients.
+
+Speed. A step asks the host for nothing on an accelerator: the loss and gradient norm stay on the
+device and are read every ``log_every`` steps (on a CPU, where a read is free, every step, so a NaN
+stops the run at its step); the value checks of the loss are ``torch._assert_async`` there, and
+AdamW is fused (:func:`~sdekit.builders.build_optimizer`), its step counter on the device.
+``config.channels_last`` puts image networks and batches in channels_last memory format (with
+``precision="bf16"``, the usual fast path of convolutions on a GPU), ``config.compile`` wraps the
+network in ``torch.compile``. fp16 loss scaling alone reads the host each step (its inf check).
 """
 
 from __future__ import annotations
@@ -179,13 +187,19 @@ class Trainer:
             model = build_model(cfg, self.data_shape, self.num_classes, self.sde)
         self.model = model.to(self.device)
         self.setup = describe_setup(self.sde, self.model)
+        if cfg.channels_last and len(self.data_shape) == 3:
+            # NHWC convolutions: the network's 4D weights and the data (so every batch) alike
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.loss_fn = build_loss(cfg, self.sde) if loss_fn is None else loss_fn
         self.trainable = trainable_parameters(self.model)
         self.ema = EMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.trainable)
         self.scaler = build_grad_scaler(cfg, self.device)
         self._ddp = wrap_ddp(self.model, self.device)
-        self.net = with_precision(self._ddp, cfg.precision, self.device)
+        # compiled around DDP, as torch recommends; EMA and checkpoints keep the plain module
+        net = torch.compile(self._ddp) if cfg.compile else self._ddp
+        self.net = with_precision(net, cfg.precision, self.device)
         seed_global_generators(cfg.seed, self.rank)
 
         self.step = 0

@@ -8,7 +8,9 @@ the names in order.
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -33,9 +35,13 @@ SYNCING = frozenset(
 
 
 class HostReads(TorchFunctionMode):
+    """``calls``: the names of the reads; ``sites``: ``(module file name, function)`` of the Python
+    function that made each read."""
+
     def __init__(self):
         super().__init__()
         self.calls: list[str] = []
+        self.sites: list[tuple[str, str]] = []
 
     @property
     def count(self) -> int:
@@ -49,6 +55,8 @@ class HostReads(TorchFunctionMode):
         )
         if name in SYNCING or boolean_index:
             self.calls.append(name)
+            caller = sys._getframe(1).f_code
+            self.sites.append((Path(caller.co_filename).name, caller.co_name))
         return func(*args, **(kwargs or {}))
 
 
