@@ -8,7 +8,8 @@ pseudo-inverse :math:`A^+`, so that :math:`\Pi = A^+A` is the orthogonal project
 observed part of :math:`x` (the row space of :math:`A`):
 
 - :class:`Mask`: :math:`(Ax)_i = m_i x_i`, inpainting and imputation;
-  :math:`A = A^\top = A^+ = \Pi = \operatorname{diag}(m)`.
+  :math:`A = A^\top = A^+ = \Pi = \operatorname{diag}(m)`; :func:`image_mask` makes the usual
+  ones (a centre square, a half, random pixels).
 - :class:`Downsample`: average pooling by a factor :math:`f` over the last two dimensions,
   super-resolution; :math:`A^\top y = f^{-2}\,\mathrm{up}(y)` (nearest-neighbour upsampling) and
   :math:`AA^\top = f^{-2}I`, so :math:`A^+ = f^2 A^\top = \mathrm{up}`.
@@ -29,10 +30,14 @@ from collections.abc import Callable
 
 import torch
 
+from .checks import check_choice
 from .conditioning import Cond, call_model
 from .linear import LinearSDE
-from .parameterization import check_prediction, from_score, to_score, to_x0
+from .parameterization import check_prediction, from_score, to_score
 from .sde import broadcast_to_data
+
+#: the kinds of :func:`image_mask`
+MASKS = ("centre", "left", "random")
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:
@@ -68,6 +73,12 @@ class LinearOperator(abc.ABC):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\Pi x = A^+Ax`, the observed part of ``x``."""
         return self.pinv(self.forward(x))
+
+    def impose(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        r""":math:`(I - \Pi)x + \text{observed}`: ``x`` with its observed part replaced by
+        ``observed`` (already in the range of :math:`\Pi`, e.g. :math:`A^+y`). For a mask the
+        entries are replaced exactly, since :math:`x - x = 0`."""
+        return x - self.project(x) + observed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -146,6 +157,34 @@ class Mask(LinearOperator):
         if not bool(torch.isfinite(y[:, self._m(y)]).all()):
             raise ValueError("observation contains NaN or inf at observed entries of the mask")
         return self.forward(y)
+
+
+def image_mask(
+    kind: str, shape, *, fraction: float = 0.5, generator: torch.Generator | None = None
+) -> Mask:
+    """A standard inpainting mask on images of ``shape`` ``(C, H, W)``, True where observed.
+
+    ``kind``: ``"centre"`` hides the central square of half the side (rounded up), ``"left"`` the
+    left half of the columns, ``"random"`` a ``fraction`` of the pixels (the same in every channel),
+    drawn from ``generator``.
+    """
+    check_choice("kind", kind, MASKS)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be (C, H, W) with sizes >= 1, got {shape}")
+    _, h, w = shape
+    hidden = torch.zeros(h, w, dtype=torch.bool)
+    if kind == "centre":
+        sh, sw = -(-h // 2), -(-w // 2)
+        hidden[(h - sh) // 2 : (h - sh) // 2 + sh, (w - sw) // 2 : (w - sw) // 2 + sw] = True
+    elif kind == "left":
+        hidden[:, : w // 2] = True
+    else:
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+        order = torch.randperm(h * w, generator=generator)
+        hidden.view(-1)[order[: round(fraction * h * w)]] = True
+    return Mask((~hidden).expand(shape).clone())
 
 
 class Downsample(LinearOperator):
@@ -241,7 +280,9 @@ class ReconstructionGuidance:
 
     :math:`w = 1` is the approximate posterior score; Ho et al. use weights :math:`w > 1`, and
     DPS's step :math:`\zeta` plays the same role. The gradient goes through the model by autograd
-    (a backward pass per evaluation). The guided model predicts what ``model`` predicts
+    (a backward pass per evaluation). With :math:`\sigma_y = 0` the term grows like :math:`w/t`
+    as :math:`t \to 0`, so explicit samplers need steps finer than :math:`t/w` there (a quadratic
+    or EDM grid) or :math:`\sigma_y > 0`. The guided model predicts what ``model`` predicts
     (:func:`~sdekit.parameterization.from_score`), so it is a model transform every sampler,
     SDE and prediction type accepts; the observation is approached, not imposed.
 
@@ -287,16 +328,38 @@ class ReconstructionGuidance:
                 f"x has {x.shape[0]} samples but the observation {self.observation.shape[0]}: "
                 "give one observation per sample"
             )
-        y = self.observation.to(x.device, x.dtype)
         alpha, sigma = (broadcast_to_data(v.to(x.dtype), x) for v in self.sde.marginal(t))
-        with torch.enable_grad():
-            x_ = x.detach().requires_grad_(True)
-            out = call_model(self.model, x_, t, cond)
-            x0 = to_x0(out, self.prediction, x_, alpha, sigma)
-            r2 = self.noise_std**2 + (self.sde.sigma(t) / self.sde.alpha(t)).to(x.dtype) ** 2
-            residual = y - self.operator.forward(x0)
-            log_lik = -0.5 * (residual**2 / broadcast_to_data(r2, residual)).sum()
-            (grad,) = torch.autograd.grad(log_lik, x_)
-        out = out.detach()
-        score = to_score(out, self.prediction, x, alpha, sigma) + self.scale * grad
-        return from_score(score, self.prediction, x, alpha, sigma)
+
+        def score(x_: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return to_score(call_model(self.model, x_, t, cond), self.prediction, x_, alpha, sigma)
+
+        y = self.observation.to(x.device, x.dtype)
+        s, _, grad = tweedie_log_likelihood(score, self.sde, self.operator, y, x, t, self.noise_std)
+        return from_score(s + self.scale * grad, self.prediction, x, alpha, sigma)
+
+
+def tweedie_log_likelihood(
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: LinearSDE,
+    operator: LinearOperator,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    noise_std: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The score, :math:`\log\mathcal N(y; A\hat x_0(x), r_t^2 I)` and its gradient in ``x``.
+
+    :math:`\hat x_0 = (x + \sigma_t^2 s(x, t))/\alpha_t` and
+    :math:`r_t^2 = \sigma_y^2 + \sigma_t^2/\alpha_t^2` (see :class:`ReconstructionGuidance`); the
+    gradient goes through ``score`` by autograd, one call. Returns ``(s, log_lik, grad)``, shapes
+    ``x.shape``, ``(batch,)`` (up to a constant) and ``x.shape``, all detached.
+    """
+    alpha, sigma = (broadcast_to_data(v.to(x.dtype), x) for v in sde.marginal(t))
+    r2 = noise_std**2 + (sde.sigma(t) / sde.alpha(t)).to(x.dtype) ** 2
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        s = score(x_, t)
+        residual = y - operator.forward((x_ + sigma**2 * s) / alpha)
+        log_lik = -0.5 * (residual**2).flatten(1).sum(1) / r2
+        (grad,) = torch.autograd.grad(log_lik.sum(), x_)
+    return s.detach(), log_lik.detach(), grad
