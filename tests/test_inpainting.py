@@ -63,10 +63,11 @@ def test_repaint_schedule_is_the_papers():
         repaint_schedule(5, 2, 0)
 
 
-@pytest.mark.parametrize("method", ["replacement", "repaint"])
+@pytest.mark.parametrize("method", ["replacement", "repaint", "smcdiff"])
 def test_the_observed_part_is_the_noised_observation_at_each_time(method):
     """At every model call, at time t, the observed coordinate is alpha_t y + sigma_t z: its
-    mean and standard deviation over the batch, for each call (the new time, not the old one)."""
+    mean and standard deviation over the batch, for each call (the new time, not the old one;
+    for SMCDiff, the marginals of its forward path of the observation)."""
     sde, n = VPSDE(), 4000
     seen = []
 
@@ -75,7 +76,8 @@ def test_the_observed_part_is_the_noised_observation_at_each_time(method):
         return GM2.score(x, t, sde)
 
     obs = Y2.expand(n, 2).clone()
-    extra = {"jump_length": 3, "resamples": 2} if method == "repaint" else {}
+    extra = {"repaint": {"jump_length": 3, "resamples": 2}, "smcdiff": {"particles": 1}}
+    extra = extra.get(method, {})
     gen = torch.Generator().manual_seed(0)
     inpaint(model, sde, Mask(MASK2), obs, method=method, steps=12, generator=gen,
             dtype=torch.float64, **extra)  # fmt: skip
