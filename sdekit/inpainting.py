@@ -34,7 +34,6 @@ samples.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -70,7 +69,7 @@ class InpaintInfo:
 
 
 def _check_fixed_grid(spec: SamplerSpec, method: str) -> None:
-    if spec.evals_per_step is None or "callback" not in inspect.signature(spec.fn).parameters:
+    if spec.step_callback != "replace":
         raise ValueError(
             f"method {method!r} replaces the state between steps, which sampler {spec.name!r} "
             "(adaptive steps) does not allow; use a fixed-grid sampler (euler_maruyama, ancestral, "
@@ -138,7 +137,7 @@ class _Run:
 
     def descend(self, x: torch.Tensor, start: int, end: int, options: dict) -> torch.Tensor:
         grid = self.ts[start : end + 1]
-        return self.spec.fn(
+        return self.spec(
             self.score, self.sde, x, grid, noise=self.noise, callback=self.replacing(start),
             **options,
         )  # fmt: skip

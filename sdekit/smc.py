@@ -119,7 +119,7 @@ class _At:
 
 def _step(spec: SamplerSpec, sde, x, score, ts, options, noise: float) -> torch.Tensor:
     source = _Fixed(noise)
-    out = spec.fn(_At(x, score, spec.name), sde, x, ts, noise=source, **options)
+    out = spec(_At(x, score, spec.name), sde, x, ts, noise=source, **options)
     if source.calls != 1:
         what = "is deterministic here" if source.calls == 0 else f"drew noise {source.calls} times"
         raise ValueError(
