@@ -197,7 +197,9 @@ def _add_inpaint(sub) -> None:
         help="what is hidden: the centre square, the left half, 50%% random pixels, or sr2 "
         "(observe the 2x downsampled image) (default: centre)",
     )
-    inp.add_argument("--method", choices=METHODS, default="repaint", help="(default: repaint)")
+    inp.add_argument(
+        "--method", choices=METHODS, default="repaint", help="how to complete (default: repaint)"
+    )
     inp.add_argument("--sampler", default="ancestral", help="sampler name (default: ancestral)")
     inp.add_argument(
         "--steps", type=_positive_int, default=100, help="sampler steps (default: 100)"
@@ -212,7 +214,8 @@ def _add_inpaint(sub) -> None:
     inp.add_argument(
         "--images",
         type=Path,
-        help="a .pt tensor (N, C, H, W) in [-1, 1] instead of the checkpoint's data set",
+        help="a .pt tensor (N, C, H, W) in [-1, 1] of images to complete (default: the "
+        "checkpoint's data set)",
     )
     inp.add_argument(
         "--out", type=Path, default=Path("inpainting.png"), help="the PNG (default: inpainting.png)"
@@ -221,9 +224,15 @@ def _add_inpaint(sub) -> None:
         "--seed", type=int, default=0, help="seed of the images and the sampler (default: 0)"
     )
     inp.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'"
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]' (default: auto)",
     )
-    inp.add_argument("--label", type=int, help="class to draw, for class-conditional models")
+    inp.add_argument(
+        "--label",
+        type=int,
+        help="class to draw, needed by class-conditional models (default: none)",
+    )
     ema = inp.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
     ema.help = "use the EMA weights, or the last weights (default: --ema)"
     inp.set_defaults(run=_inpaint, parser=inp)

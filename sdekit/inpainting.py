@@ -72,8 +72,8 @@ def _check_fixed_grid(spec: SamplerSpec, method: str) -> None:
     if spec.step_callback != "replace":
         raise ValueError(
             f"method {method!r} replaces the state between steps, which sampler {spec.name!r} "
-            "(adaptive steps) does not allow; use a fixed-grid sampler (euler_maruyama, ancestral, "
-            "ddim, pc, heun, euler, dpmpp_*) or method='guidance'"
+            "does not allow (its callback only observes a solve); use a fixed-grid sampler "
+            "(euler_maruyama, ancestral, ddim, pc, heun, euler, dpmpp_*) or method='guidance'"
         )
 
 
@@ -227,6 +227,10 @@ def inpaint(
 
     Returns:
         ``(samples, info)``, samples ``(batch, *operator.in_shape)``.
+
+    Raises:
+        ValueError: for bad input, or a method the sampler cannot run (the message says why).
+        FloatingPointError: when the samples became NaN or inf.
     """
     check_choice("method", method, METHODS)
     spec = get_sampler(sampler)
@@ -299,4 +303,9 @@ def inpaint(
     if spec.stochastic if denoise_final is None else denoise_final:
         x = _tweedie(run.score, sde, x, ts[-1])
     x = operator.impose(x, run.target)
+    if not bool(torch.isfinite(x).all()):  # one host synchronisation per call
+        raise FloatingPointError(
+            f"the samples of method {method!r} with sampler {spec.name!r} became NaN or inf: "
+            "check the model's outputs near the ends of the schedule, or take more steps"
+        )
     return x, InpaintInfo(run.score.nfe, ts, method, spec.name)

@@ -250,3 +250,6 @@ def test_bad_input():
         inpaint(model, sde, MASK2, obs)
     with pytest.raises(ValueError, match="cond must have the batch size 4"):
         inpaint(model, sde, Mask(MASK2), obs, cond=torch.zeros(3))
+    for method in ("replacement", "tds"):
+        with pytest.raises(FloatingPointError, match=f"samples of method '{method}'.*NaN"):
+            inpaint(lambda x, t: x * math.nan, sde, Mask(MASK2), obs, method=method, steps=3)
