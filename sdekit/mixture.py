@@ -164,3 +164,50 @@ class GaussianMixture:
         if v.shape != (self.dim,):
             raise ValueError(f"direction must have shape ({self.dim},), got {tuple(v.shape)}")
         return GaussianMixture(self.weights, self.means @ v, ((self.stds**2) @ (v**2)).sqrt())
+
+    def condition(self, observed_mask, values, *, noise_std: float = 0.0) -> GaussianMixture:
+        r"""The exact posterior of the unobserved coordinates given the observed ones.
+
+        With observed coordinates :math:`o` (``observed_mask``), unobserved :math:`u`, and the
+        observation :math:`y = x_o + \sigma_y\varepsilon` (``values[observed_mask]``;
+        ``noise_std`` :math:`= \sigma_y \ge 0`, 0 for an exact observation), each component's
+        covariance is diagonal, so :math:`x_u` and :math:`x_o` are independent within it and
+
+        .. math:: p(x_u \mid y) = \sum_k w'_k\,\mathcal N\bigl(\mu_{k,u}, \operatorname{diag} s_{k,u}^2\bigr),
+                  \qquad w'_k \propto w_k\,\mathcal N\bigl(y;\ \mu_{k,o},
+                  \operatorname{diag}(s_{k,o}^2 + \sigma_y^2)\bigr):
+
+        conditioning keeps each component's unobserved part and reweights it by the marginal
+        likelihood of the observation (Bishop 2006, §2.3.1 and §9.2), computed by log-sum-exp.
+
+        Args:
+            observed_mask: ``(d,)`` bools, True where the coordinate is observed; not all True.
+            values: ``(d,)``, the observation at the observed coordinates (finite there; the
+                other entries are ignored and may be NaN).
+            noise_std: the observation noise :math:`\sigma_y`, finite and >= 0.
+
+        Returns:
+            A mixture over the ``d - n_observed`` unobserved coordinates, in their order.
+        """
+        mask = torch.as_tensor(observed_mask)
+        if mask.dtype != torch.bool or mask.shape != (self.dim,):
+            raise ValueError(
+                f"observed_mask must be a bool tensor of shape ({self.dim},), got "
+                f"{mask.dtype} of shape {tuple(mask.shape)}"
+            )
+        if bool(mask.all()):
+            raise ValueError("observed_mask must leave at least one coordinate unobserved")
+        y = torch.as_tensor(values, dtype=torch.float64)
+        if y.shape != (self.dim,):
+            raise ValueError(
+                f"values must have shape ({self.dim},) like the data, got {tuple(y.shape)}"
+            )
+        if not bool(torch.isfinite(y[mask]).all()):
+            raise ValueError("values must be finite at the observed coordinates")
+        if not (math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std}")
+        var = self.stds[:, mask] ** 2 + noise_std**2
+        diff = y[mask] - self.means[:, mask]
+        log_lik = -0.5 * (diff**2 / var + torch.log(var) + _LOG_2PI).sum(1)
+        weights = torch.softmax(torch.log(self.weights) + log_lik, 0)
+        return GaussianMixture(weights, self.means[:, ~mask], self.stds[:, ~mask])

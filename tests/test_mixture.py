@@ -220,3 +220,77 @@ def test_bad_calls():
         gm.cdf(torch.zeros(3))
     with pytest.raises(ValueError, match=r"direction must have shape \(3,\)"):
         gm.project(torch.ones(2))
+
+
+def _numerical_conditional(gm, mask, y, grid, noise_std=0.0):
+    """p(x_u | y) on the grid of x_u (rows: points), by brute force: the joint density at
+    (x_o, x_u), integrated over x_o against the noise density when noise_std > 0, normalized by
+    quadrature over the grid (a tensor product of 1D grids, trapezoid in each)."""
+    axes = grid  # list of 1D grids, one per unobserved coordinate
+    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
+    d = gm.dim
+    if noise_std == 0:
+        x = torch.empty(mesh.shape[0], d, dtype=torch.float64)
+        x[:, mask], x[:, ~mask] = y[mask], mesh
+        density = gm.log_prob(x).exp()
+    else:
+        (o,) = torch.nonzero(mask)[0]  # one observed coordinate
+        xo = torch.linspace(float(y[o]) - 12 * noise_std - 6, float(y[o]) + 12 * noise_std + 6, 601,
+                            dtype=torch.float64)  # fmt: skip
+        x = torch.empty(xo.shape[0], mesh.shape[0], d, dtype=torch.float64)
+        x[..., o], x[..., ~mask] = xo[:, None], mesh
+        joint = gm.log_prob(x.reshape(-1, d)).exp().reshape(xo.shape[0], -1)
+        kernel = torch.exp(-0.5 * ((xo - y[o]) / noise_std) ** 2)[:, None]
+        density = torch.trapezoid(joint * kernel, xo, dim=0)
+    density = density.reshape(*(a.shape[0] for a in axes))
+    total = density
+    for i in reversed(range(len(axes))):
+        total = torch.trapezoid(total, axes[i], dim=i)
+    return (density / total).reshape(-1), mesh
+
+
+@pytest.mark.parametrize(
+    ("observed", "noise_std"),
+    [((True, False), 0.0), ((False, True), 0.0), ((True, False), 0.4),
+     ((True, False, True, False), 0.0), ((False, True, True, True), 0.0)],
+)  # fmt: skip
+def test_condition_is_the_numerical_conditional(observed, noise_std):
+    """condition() against p(x_u | y) = p(y, x_u) / int p(y, x_u) dx_u on a grid (2D and 4D
+    mixtures; with noise, p(y | x_o) integrated out by quadrature)."""
+    mask = torch.tensor(observed)
+    d = mask.numel()
+    gen = torch.Generator().manual_seed(d)
+    means = 2 * torch.randn(3, d, generator=gen, dtype=torch.float64)
+    stds = 0.4 + torch.rand(3, d, generator=gen, dtype=torch.float64)
+    gm = GaussianMixture([0.5, 0.3, 0.2], means, stds)
+    y = torch.full((d,), math.nan, dtype=torch.float64)
+    y[mask] = torch.tensor([0.3, -0.8, 1.1])[: int(mask.sum())].double()
+    free = int((~mask).sum())
+    axes = [torch.linspace(-9, 9, 361 if free == 1 else 181, dtype=torch.float64)] * free
+    expected, points = _numerical_conditional(gm, mask, y, axes, noise_std)
+    post = gm.condition(mask, y, noise_std=noise_std)
+    assert post.dim == free
+    torch.testing.assert_close(post.log_prob(points).exp(), expected, rtol=0, atol=1e-6)
+    # the conditional differs from the prior marginal of x_u (the test can fail)
+    prior_u = GaussianMixture(gm.weights, means[:, ~mask], stds[:, ~mask])
+    assert float((prior_u.log_prob(points).exp() - expected).abs().max()) > 1e-2
+
+
+def test_condition_without_observations_and_bad_input():
+    gm = GaussianMixture(*MIXTURES["3d_diag"])
+    nothing = gm.condition(torch.zeros(3, dtype=torch.bool), torch.zeros(3))
+    torch.testing.assert_close(nothing.weights, gm.weights)
+    mask = torch.tensor([True, False, False])
+    y = torch.tensor([0.5, math.nan, math.inf])  # ignored where unobserved
+    assert gm.condition(mask, y).dim == 2
+    bad = [
+        ((torch.tensor([1, 0, 0]), y), {}, "observed_mask must be a bool tensor of shape"),
+        ((torch.tensor([True, False]), y), {}, "observed_mask must be a bool tensor of shape"),
+        ((torch.ones(3, dtype=torch.bool), torch.zeros(3)), {}, "at least one coordinate"),
+        ((mask, torch.zeros(2)), {}, r"values must have shape \(3,\)"),
+        ((mask, torch.tensor([math.nan, 0.0, 0.0])), {}, "values must be finite at the observed"),
+        ((mask, y), {"noise_std": -0.1}, "noise_std must be a finite number >= 0"),
+    ]
+    for args, kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            gm.condition(*args, **kwargs)
