@@ -51,9 +51,10 @@ def distance(x):
     return sliced_w1(x, posterior, 64, generator=torch.Generator().manual_seed(0))
 
 
-floor = sum(
-    distance(posterior.sample(n, generator=torch.Generator().manual_seed(s))) for s in range(5)
-) / 5
+floor = (
+    sum(distance(posterior.sample(n, generator=torch.Generator().manual_seed(s))) for s in range(5))
+    / 5
+)
 panels = [
     ("exact posterior", posterior.sample(n, generator=torch.Generator().manual_seed(9)), None),
     ("prior of (x3, x4)", prior.sample(n, generator=torch.Generator().manual_seed(9)), None),
