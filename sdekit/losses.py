@@ -60,19 +60,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
 from .checks import check_batch_time, check_choice, check_float_input, check_output, check_positive
 from .conditioning import Cond
 from .linear import LinearSDE
-from .parameterization import PREDICTIONS, target
+from .parameterization import Prediction, target
 from .sampling.registry import SAMPLERS
 from .sde import broadcast_to_data
 
-LOSS_PREDICTIONS = (*PREDICTIONS, "edm")
-WEIGHTINGS = ("default", "sigma2", "likelihood", "edm", "none")
-T_SAMPLINGS = ("uniform", "importance", "lognormal")
+LossPrediction = Literal[Prediction, "edm"]
+Weighting = Literal["default", "sigma2", "likelihood", "edm", "none"]
+TimeSampling = Literal["uniform", "importance", "lognormal"]
+LOSS_PREDICTIONS = get_args(LossPrediction)
+WEIGHTINGS = get_args(Weighting)
+T_SAMPLINGS = get_args(TimeSampling)
 _DEFAULT_WEIGHTING = {"score": "sigma2", "eps": "sigma2", "x0": "none", "v": "none", "edm": "edm"}
 
 
@@ -97,9 +101,9 @@ class DenoisingScoreMatching:
     def __init__(
         self,
         sde: LinearSDE,
-        prediction: str = "eps",
-        weighting: str = "default",
-        t_sampling: str = "uniform",
+        prediction: LossPrediction = "eps",
+        weighting: Weighting = "default",
+        t_sampling: TimeSampling = "uniform",
         *,
         sigma_data: float = 0.5,
         p_mean: float = -1.2,

@@ -14,9 +14,12 @@ Two classical choices, both on the time value ``t`` exactly as the network recei
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
+
+from ..checks import check_choice
 
 
 def _check_even(dim: int) -> int:
@@ -63,14 +66,13 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=1)
 
 
+TimeEmbedding = Literal["fourier", "sinusoidal"]
 EMBEDDINGS = {"fourier": GaussianFourierEmbedding, "sinusoidal": SinusoidalEmbedding}
 
 
-def time_embedding(kind: str, dim: int) -> nn.Module:
+def time_embedding(kind: TimeEmbedding, dim: int) -> nn.Module:
     """The embedding named ``kind`` (``"fourier"`` or ``"sinusoidal"``) with ``dim`` features."""
-    if kind not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {tuple(EMBEDDINGS)}, got {kind!r}")
-    return EMBEDDINGS[kind](dim)
+    return EMBEDDINGS[check_choice("embedding", kind, EMBEDDINGS)](dim)
 
 
 class LabelEmbedding(nn.Module):

@@ -30,17 +30,21 @@ The correctors, at time :math:`s`, with :math:`r = a^2` (the :math:`\alpha_i` of
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
+from ..checks import check_choice
 from ..linear import VPSDE, LinearSDE
 from ..sde import ScoreFn
 from .grids import batch_time
 from .noise import NoiseSource
 from .registry import register, run_callback
 
-PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
-CORRECTORS = ("langevin", "ald", "none")
+Predictor = Literal["euler_maruyama", "reverse_diffusion", "ancestral", "none"]
+Corrector = Literal["langevin", "ald", "none"]
+PREDICTORS = get_args(Predictor)
+CORRECTORS = get_args(Corrector)
 
 
 def _coefficients(sde: LinearSDE, ts: torch.Tensor, predictor: str) -> dict[str, torch.Tensor]:
@@ -83,8 +87,8 @@ def predictor_corrector(
     ts: torch.Tensor,
     *,
     noise: NoiseSource,
-    predictor: str = "reverse_diffusion",
-    corrector: str = "langevin",
+    predictor: Predictor = "reverse_diffusion",
+    corrector: Corrector = "langevin",
     snr: float = 0.16,
     n_corrector: int = 1,
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
@@ -97,10 +101,8 @@ def predictor_corrector(
         snr: the corrector's target signal-to-noise ratio, > 0.
         n_corrector: corrector steps per grid step, >= 0.
     """
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
-    if corrector not in CORRECTORS:
-        raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
+    check_choice("predictor", predictor, PREDICTORS)
+    check_choice("corrector", corrector, CORRECTORS)
     if not snr > 0:
         raise ValueError(f"snr must be > 0, got {snr}")
     if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
