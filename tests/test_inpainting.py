@@ -204,7 +204,7 @@ def test_which_samplers_each_method_runs():
         "guidance": set(),
     }  # fmt: skip
     refused["tds"] = refused["smcdiff"]
-    reasons = "adaptive steps|deterministic|multistep|evaluates the model once"
+    reasons = "adaptive steps|deterministic|multistep|evaluates the model once|only observes"
     for method in METHODS:
         for sampler in SAMPLERS:
             kwargs = {"method": method, "sampler": sampler, "steps": 4}
