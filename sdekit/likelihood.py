@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torchdiffeq import odeint
@@ -37,11 +38,14 @@ from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sampling.ode import ADAPTIVE_ORDER, initial_step
 from .sde import SDE
 
-FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4")
+FixedGridMethod = Literal["euler", "midpoint", "heun2", "heun3", "rk4"]
+Divergence = Literal["exact", "hutchinson"]
+Probe = Literal["rademacher", "gaussian"]
+FIXED_GRID_METHODS = get_args(FixedGridMethod)
 #: sdekit's own Dormand-Prince 5(4) (:func:`sdekit.ode_solvers.dopri5`): a step size per sample
 PER_SAMPLE = "dopri5_per_sample"
-DIVERGENCES = ("exact", "hutchinson")
-PROBES = ("rademacher", "gaussian")
+DIVERGENCES = get_args(Divergence)
+PROBES = get_args(Probe)
 
 Drift = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,7 +106,7 @@ def hutchinson_divergence(drift: Drift, x: torch.Tensor, t: torch.Tensor, probes
 
 
 def draw_probes(
-    x: torch.Tensor, probes: int, kind: str, generator: torch.Generator | None = None
+    x: torch.Tensor, probes: int, kind: Probe, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``probes`` Rademacher (:math:`\\pm1`) or standard normal tensors shaped like ``x``."""
     shape = (probes, *x.shape)
@@ -201,9 +205,9 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     steps: int | None = None,
-    divergence: str = "exact",
+    divergence: Divergence = "exact",
     probes: int = 1,
-    probe: str = "rademacher",
+    probe: Probe = "rademacher",
     generator: torch.Generator | None = None,
     prior_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     t_min: float | None = None,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,15 +44,17 @@ import torch
 from .checks import check_choice
 from .conditioning import select
 from .inference import TrainedModel, class_condition
-from .likelihood import FIXED_GRID_METHODS, PROBES, log_likelihood
+from .likelihood import (
+    FIXED_GRID_METHODS,
+    PROBES,
+    Divergence,
+    FixedGridMethod,
+    Probe,
+    log_likelihood,
+)
 from .sampling import get_sampler
 from .seeding import derive_seed
 from .shards import file_sha256, positive_int, read_shard, run_shards, settings_digest, shard_name
-
-#: the fixed-grid methods of :func:`~sdekit.likelihood.log_likelihood` a sharded evaluation uses
-FixedGridMethod = Literal["euler", "midpoint", "heun2", "heun3", "rk4"]
-Divergence = Literal["exact", "hutchinson"]
-Probe = Literal["rademacher", "gaussian"]
 
 # ---------------------------------------------------------------------------------- sampling
 
