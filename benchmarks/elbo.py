@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +59,9 @@ from sdekit.elbo import (
 )
 from sdekit.likelihood import log_likelihood
 from sdekit.networks import MLP, UNet
+
+sys.path.insert(0, str(Path(__file__).parent))
+from devices import sync  # noqa: E402
 
 LEVELS = 17
 
@@ -97,11 +102,6 @@ class Dequantized:
     def __call__(self, model, x0, *, generator=None, **kwargs):
         u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.loss(model, x0 + (2 * u - 1) / (self.levels - 1), generator=generator, **kwargs)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(device, fn):

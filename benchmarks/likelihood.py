@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,29 +40,15 @@ from scipy.integrate import solve_ivp
 import sdekit
 from sdekit.likelihood import exact_divergence, log_likelihood
 
+sys.path.insert(0, str(Path(__file__).parent))
+from devices import devices, sync  # noqa: E402
+
 MIXTURE = sdekit.GaussianMixture(
     [0.2, 0.3, 0.5],
     [[-2.0, 1.0], [1.5, -0.5], [0.5, 2.0]],
     [[0.5, 0.8], [0.7, 0.3], [0.3, 0.3]],
 )
 SOLVERS = ("per-sample", "torchdiffeq", "scipy")
-
-
-def devices(choice: str) -> list[torch.device]:
-    """``auto``: the CPU, and the GPU beside it when CUDA is present; else the one named."""
-    if choice != "auto":
-        if choice.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit(f"--device {choice}: CUDA is not available on this machine")
-        return [torch.device(choice)]
-    if not torch.cuda.is_available():
-        print("CUDA is not available: the GPU rows are skipped\n")
-        return [torch.device("cpu")]
-    return [torch.device("cpu"), torch.device("cuda")]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def sdekit_run(method):

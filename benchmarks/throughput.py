@@ -44,6 +44,7 @@ from sdekit.sampling import sample
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers as peer_lib  # noqa: E402
+from devices import devices, sync  # noqa: E402
 
 #: sdekit method -> the k-diffusion sampler it is compared with
 PEER_OF = {
@@ -53,23 +54,6 @@ PEER_OF = {
     "dpmpp_2m compile": "dpmpp_2m",
     "ode": "dpm_adaptive",
 }
-
-
-def devices(choice: str) -> list[torch.device]:
-    """``auto``: the CPU, and the GPU beside it when CUDA is present; else the one named."""
-    if choice != "auto":
-        if choice.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit(f"--device {choice}: CUDA is not available on this machine")
-        return [torch.device(choice)]
-    if not torch.cuda.is_available():
-        print("CUDA is not available: the GPU rows are skipped\n")
-        return [torch.device("cpu")]
-    return [torch.device("cpu"), torch.device("cuda")]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Counted(torch.nn.Module):

@@ -35,13 +35,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from sdekit.linear import VPSDE
 from sdekit.losses import DenoisingScoreMatching
 from sdekit.networks import UNet
+
+sys.path.insert(0, str(Path(__file__).parent))
+from devices import devices  # noqa: E402
 
 # name -> (UNet kwargs, CPU batch, GPU batch)
 CONFIGS = {
@@ -85,18 +90,6 @@ FULL_CONFIGS = {
         128,
     ),
 }
-
-
-def devices(choice: str) -> list[torch.device]:
-    """``auto``: the CPU, and the GPU beside it when CUDA is present; else the one named."""
-    if choice != "auto":
-        if choice.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit(f"--device {choice}: CUDA is not available on this machine")
-        return [torch.device(choice)]
-    if not torch.cuda.is_available():
-        print("CUDA is not available: the GPU rows are skipped\n")
-        return [torch.device("cpu")]
-    return [torch.device("cpu"), torch.device("cuda")]
 
 
 def diffusers_unet(cfg: dict) -> torch.nn.Module:
