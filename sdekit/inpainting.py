@@ -44,7 +44,7 @@ from .checks import check_choice, check_probability
 from .conditioning import Cond, check_cond
 from .linear import LinearSDE
 from .measurements import LinearOperator, ReconstructionGuidance
-from .parameterization import check_prediction
+from .parameterization import Prediction, check_prediction
 from .sampling.api import Generator, sample
 from .sampling.grids import check_grid, time_grid
 from .sampling.noise import NoiseSource
@@ -176,7 +176,7 @@ def inpaint(
     method: Method = "replacement",
     sampler: str = "euler_maruyama",
     steps: int = 100,
-    prediction: str = "score",
+    prediction: Prediction = "score",
     grid: str | torch.Tensor | None = None,
     t_min: float | None = None,
     denoise_final: bool | None = None,

@@ -33,7 +33,7 @@ from .checks import NONFINITE_HINT, check_choice, check_float_input, check_outpu
 from .conditioning import Cond, call_model, check_cond
 from .linear import LinearSDE
 from .ode_solvers import StepSizeCollapse, dopri5, rms_norm
-from .parameterization import check_prediction, score_fn
+from .parameterization import Prediction, check_prediction, score_fn
 from .sampling.ode import ADAPTIVE as ADAPTIVE_METHODS
 from .sampling.ode import ADAPTIVE_ORDER, initial_step
 from .sde import SDE
@@ -156,7 +156,7 @@ def _check_options(method, steps, divergence, probes, probe, t_min, T, check_eve
         raise ValueError(f"t_min must lie in [0, T) = [0, {T}), got {t_min}")
 
 
-def _check_model(model, sde: SDE, prediction: str) -> None:
+def _check_model(model, sde: SDE, prediction: Prediction) -> None:
     if isinstance(model, torch.nn.Module) and any(m.training for m in model.modules()):
         raise ValueError(
             "model is in training mode: dropout and batch statistics would make the ODE's drift "
@@ -200,7 +200,7 @@ def log_likelihood(
     sde: SDE,
     x: torch.Tensor,
     *,
-    prediction: str = "score",
+    prediction: Prediction = "score",
     method: str = PER_SAMPLE,
     rtol: float = 1e-5,
     atol: float = 1e-5,

@@ -33,7 +33,7 @@ import torch
 from .checks import check_choice
 from .conditioning import Cond, call_model
 from .linear import LinearSDE
-from .parameterization import check_prediction, from_score, to_score
+from .parameterization import Prediction, check_prediction, from_score, to_score
 from .sde import broadcast_to_data
 
 #: the kinds of :func:`image_mask`
@@ -306,7 +306,7 @@ class ReconstructionGuidance:
         *,
         noise_std: float = 0.0,
         scale: float = 1.0,
-        prediction: str = "score",
+        prediction: Prediction = "score",
     ):
         if not isinstance(sde, LinearSDE):
             raise ValueError(f"sde must be a LinearSDE (Tweedie's x0), got {type(sde).__name__}")

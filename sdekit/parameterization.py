@@ -32,11 +32,11 @@ Prediction = Literal["score", "eps", "x0", "v"]
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
 
-def check_prediction(prediction: str) -> str:
+def check_prediction(prediction: Prediction) -> str:
     return check_choice("prediction", prediction, PREDICTIONS)
 
 
-def to_eps(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
+def to_eps(output, prediction: Prediction, x, alpha, sigma) -> torch.Tensor:
     """The noise estimate :math:`\\hat\\varepsilon` from a network output."""
     check_prediction(prediction)
     if prediction == "eps":
@@ -48,7 +48,7 @@ def to_eps(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
     return (sigma * x + alpha * output) / (alpha**2 + sigma**2)
 
 
-def to_x0(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
+def to_x0(output, prediction: Prediction, x, alpha, sigma) -> torch.Tensor:
     """The data estimate :math:`\\hat x_0` (Tweedie's formula for ``"score"``) from a network output."""
     check_prediction(prediction)
     if prediction == "x0":
@@ -58,14 +58,14 @@ def to_x0(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
     return (x - sigma * to_eps(output, prediction, x, alpha, sigma)) / alpha
 
 
-def to_score(output, prediction: str, x, alpha, sigma) -> torch.Tensor:
+def to_score(output, prediction: Prediction, x, alpha, sigma) -> torch.Tensor:
     """The score estimate :math:`-\\hat\\varepsilon/\\sigma` from a network output."""
     if prediction == "score":
         return output
     return -to_eps(output, prediction, x, alpha, sigma) / sigma
 
 
-def from_score(score, prediction: str, x, alpha, sigma) -> torch.Tensor:
+def from_score(score, prediction: Prediction, x, alpha, sigma) -> torch.Tensor:
     """The output a ``prediction`` network gives for the score ``score``: the inverse of
     :func:`to_score`, for transforms that edit a model's output in score space."""
     check_prediction(prediction)
@@ -80,7 +80,7 @@ def from_score(score, prediction: str, x, alpha, sigma) -> torch.Tensor:
     return alpha * eps - sigma * x0
 
 
-def target(prediction: str, x0, eps, alpha, sigma) -> torch.Tensor:
+def target(prediction: Prediction, x0, eps, alpha, sigma) -> torch.Tensor:
     """The regression target of a ``prediction`` network, for :math:`x_t = \\alpha x_0 + \\sigma\\varepsilon`.
 
     (The noise ``eps`` and data ``x0`` that made :math:`x_t`.)
@@ -96,7 +96,9 @@ def target(prediction: str, x0, eps, alpha, sigma) -> torch.Tensor:
 
 
 def score_fn(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sde: LinearSDE, prediction: str
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: LinearSDE,
+    prediction: Prediction,
 ) -> ScoreFn:
     """Wrap ``model(x, t)`` that predicts ``prediction`` as a score function ``score(x, t)``."""
     check_prediction(prediction)

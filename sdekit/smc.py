@@ -42,7 +42,7 @@ import torch
 from .conditioning import Cond, call_model, select
 from .linear import LinearSDE
 from .measurements import LinearOperator, tweedie_log_likelihood
-from .parameterization import to_score
+from .parameterization import Prediction, to_score
 from .sampling.noise import NoiseSource
 from .sampling.registry import SamplerSpec
 from .sde import broadcast_to_data
@@ -53,7 +53,7 @@ Generator = torch.Generator | list[torch.Generator] | tuple[torch.Generator, ...
 class ModelScore:
     """A model as a score function ``score(x, t)``, counting calls; ``cond`` follows resampling."""
 
-    def __init__(self, model: Callable, sde: LinearSDE, prediction: str, cond: Cond):
+    def __init__(self, model: Callable, sde: LinearSDE, prediction: Prediction, cond: Cond):
         self.model, self.sde, self.prediction, self.cond = model, sde, prediction, cond
         self.nfe = 0
 

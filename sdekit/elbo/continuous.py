@@ -54,7 +54,7 @@ import torch
 from ..checks import check_choice
 from ..conditioning import Cond, check_cond
 from ..linear import LinearSDE
-from ..losses import DenoisingScoreMatching
+from ..losses import DenoisingScoreMatching, LossPrediction
 from .discrete import check_levels, pixels_to_model
 
 TimeSampling = Literal["importance", "uniform"]
@@ -130,7 +130,7 @@ class ContinuousBound:
 class _Diffusion:
     """Draws of the diffusion term through the DSM loss's proposal and per-sample loss."""
 
-    def __init__(self, sde: LinearSDE, prediction: str, t_sampling: str):
+    def __init__(self, sde: LinearSDE, prediction: LossPrediction, t_sampling: str):
         if not isinstance(sde, LinearSDE):
             raise ValueError(f"sde must be a LinearSDE, got {type(sde).__name__}")
         check_choice("t_sampling", t_sampling, TIME_SAMPLINGS)
@@ -154,7 +154,7 @@ def continuous_bound(
     sde: LinearSDE,
     x: torch.Tensor,
     *,
-    prediction: str = "eps",
+    prediction: LossPrediction = "eps",
     levels: int | None = None,
     samples: int = 1,
     t_sampling: TimeSampling = "importance",
@@ -213,7 +213,7 @@ class ContinuousBoundLoss:
     def __init__(
         self,
         sde: LinearSDE,
-        prediction: str = "eps",
+        prediction: LossPrediction = "eps",
         t_sampling: TimeSampling = "importance",
         *,
         levels: int | None = None,

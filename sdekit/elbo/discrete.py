@@ -73,7 +73,7 @@ from ..checks import check_choice
 from ..conditioning import Cond, call_model, check_cond
 from ..discretization import DDPMSchedule
 from ..linear import LinearSDE
-from ..parameterization import check_prediction, to_eps
+from ..parameterization import Prediction, check_prediction, to_eps
 from ..sde import broadcast_to_data
 from .gaussian import discretized_gaussian_log_likelihood, gaussian_kl, gaussian_log_likelihood
 from .importance import SecondMomentSampler
@@ -289,7 +289,7 @@ def model_eps(
     i: torch.Tensor,
     noise: torch.Tensor,
     *,
-    prediction: str,
+    prediction: Prediction,
     cond: Cond,
     dtype: torch.dtype,
     compute: torch.dtype,
@@ -317,7 +317,7 @@ def ddpm_term(
     noise: torch.Tensor,
     *,
     variance: Variance = "beta_tilde",
-    prediction: str = "eps",
+    prediction: Prediction = "eps",
     levels: int | None = None,
     cond: Cond = None,
 ) -> torch.Tensor:
@@ -426,7 +426,7 @@ def ddpm_bound(
     schedule: DDPMSchedule,
     *,
     variance: Variance = "beta_tilde",
-    prediction: str = "eps",
+    prediction: Prediction = "eps",
     levels: int | None = None,
     samples: int | None = None,
     sampler: SecondMomentSampler | None = None,

@@ -27,7 +27,7 @@ from ..checks import check_positive
 from ..conditioning import Cond, check_cond
 from ..discretization import DDPMSchedule
 from ..linear import LinearSDE
-from ..parameterization import check_prediction
+from ..parameterization import Prediction, check_prediction
 from .continuous import _on_grid
 from .discrete import (
     Chain,
@@ -64,7 +64,7 @@ class HybridLoss:
         schedule: DDPMSchedule,
         *,
         lam: float = 1e-3,
-        prediction: str = "eps",
+        prediction: Prediction = "eps",
         levels: int | None = None,
         sampler: SecondMomentSampler | None = None,
     ):

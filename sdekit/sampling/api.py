@@ -25,7 +25,7 @@ import torch
 from ..checks import FiniteWatch, check_output
 from ..conditioning import Cond, call_model, check_cond
 from ..linear import LinearSDE
-from ..parameterization import check_prediction, score_fn
+from ..parameterization import Prediction, check_prediction, score_fn
 from ..sde import SDE, broadcast_to_data
 from .grids import check_grid, time_grid
 from .noise import NoiseSource
@@ -58,7 +58,7 @@ class _CountingScore:
     of ``x``, so a network may compute in bf16 while the sampler's state and schedule arithmetic
     stay in float32/64."""
 
-    def __init__(self, model: Callable, sde: SDE, prediction: str, cond: Cond):
+    def __init__(self, model: Callable, sde: SDE, prediction: Prediction, cond: Cond):
         self.nfe = 0
         self._model = model
         self._cond = cond
@@ -183,7 +183,7 @@ def sample(
     *,
     method: str = "dpmpp_2m",
     steps: int = 20,
-    prediction: str = "score",
+    prediction: Prediction = "score",
     grid: str | torch.Tensor | None = None,
     t_min: float | None = None,
     denoise_final: bool | None = None,
