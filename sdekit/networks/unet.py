@@ -164,28 +164,61 @@ class UNet(nn.Module, Configurable):
         self.norm_out = _norm(ch)
         self.conv_out = nn.Conv2d(ch, out_channels or in_channels, 3, padding=1)
 
-    def forward(
+    def encode(
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The first half of :meth:`forward`: the conditioning vector ``emb``, the input
+        convolution, the encoder and the middle block. Returns ``(h, skips, emb)``: the middle
+        block's output, the encoder's outputs that the decoder concatenates (input convolution
+        first), and ``emb``. ``decode(*encode(x, t, labels))`` is ``forward(x, t, labels)``
+        bit for bit; a ControlNet (:mod:`sdekit.networks.controlnet`) adds its residuals to
+        ``h`` and ``skips`` in between."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
         check_batch_time(t, x)
-        emb = F.silu(self.label(self.time(t), labels))
-        h = self.conv_in(x)
-        skips = [h]
-        for layer in self.down:
-            if isinstance(layer, nn.ModuleList):
-                h = layer[1](layer[0](h, emb))
-            else:
-                h = layer(h)
-            skips.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        emb = embed(self.time, self.label, t, labels)
+        h, skips = run_encoder(self.conv_in(x), emb, self.down, self.mid)
+        return h, skips, emb
+
+    def decode(
+        self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor
+    ) -> torch.Tensor:
+        """The second half of :meth:`forward`: the decoder on the middle block's output ``h``
+        and the encoder's ``skips`` (not modified), then the output convolution."""
+        skips = list(skips)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = layer[1](layer[0](torch.cat([h, skips.pop()], dim=1), emb))
             else:
                 h = layer(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.decode(*self.encode(x, t, labels))
+
+
+def embed(
+    time: nn.Module, label: LabelEmbedding, t: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """The conditioning vector of the residual blocks: SiLU of the time features plus the label's."""
+    return F.silu(label(time(t), labels))
+
+
+def run_encoder(
+    h: torch.Tensor, emb: torch.Tensor, down: nn.ModuleList, mid: nn.ModuleList
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The encoder levels ``down`` and the middle block ``mid`` of a :class:`UNet` (or of its
+    trainable copy) on the input convolution's output ``h``: ``(middle output, skips)``."""
+    skips = [h]
+    for layer in down:
+        if isinstance(layer, nn.ModuleList):
+            h = layer[1](layer[0](h, emb))
+        else:
+            h = layer(h)
+        skips.append(h)
+    return mid[2](mid[1](mid[0](h, emb)), emb), skips
