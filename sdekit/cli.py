@@ -1,4 +1,4 @@
-"""The command line: ``python -m sdekit train|sample|inpaint|likelihood|export ...``.
+"""The command line: ``python -m sdekit train|train-control|sample|inpaint|likelihood|export ...``.
 
 ``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
 ``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then a
@@ -13,6 +13,12 @@ network as ``config.json`` and safetensors (:func:`sdekit.inference.export_model
 ``inpaint`` completes images of the checkpoint's data set that a mask hides (or a 2x downsampling
 blurs) with any method of :mod:`sdekit.inpainting`, and writes a grid: original, observed,
 completions.
+
+``train-control --base RUN/checkpoint.pt --hint edges`` trains a ControlNet on a trained image run
+(:func:`sdekit.control.control_trainer`; the training flags default to the base run's values), and
+``sample --checkpoint CONTROL.pt --hint-from IMAGES`` draws one sample per image from the hints of
+``IMAGES`` (a ``.pt``/``.npy`` tensor or a folder of images, see
+:func:`sdekit.control.read_images`), drawn as rows of image, hint and sample.
 """
 
 from __future__ import annotations
@@ -55,15 +61,22 @@ def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(
+    parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None, default: str = ""
+) -> None:
+    """A flag per TrainConfig field (those in ``names``); ``default`` words every default."""
     types_ = config_field_types()
     for f in dataclasses.fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
         kind = types_[f.name]
         flag = "--" + f.name.replace("_", "-")
         common = {"dest": f.name, "default": argparse.SUPPRESS}
         # a field whose default needs words (None: "keep their size") says it in its help
         help_ = f.metadata["help"]
-        if "(default:" not in help_:
+        if default:
+            help_ = help_.split(" (default:")[0] + f" (default: {default})"
+        elif "(default:" not in help_:
             help_ += f" (default: {_shown(f.default)})"
         help_ = help_.replace("%", "%%")
         args = typing.get_args(kind)
@@ -125,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(train)
     train.set_defaults(run=_train, parser=train)
+    _add_control_parser(sub)
     smp = sub.add_parser(
         "sample",
         help="draw samples from a checkpoint",
@@ -141,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         dest="n",
         type=_positive_int,
-        default=64,
-        help="number of samples; under torchrun write --num-samples (default: 64)",
+        help="number of samples; under torchrun write --num-samples (default: 64; with "
+        "--hint-from one per image, the images taken in turn)",
     )
     smp.add_argument(
         "--batch-size",
@@ -163,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--label",
         type=int,
         help="class to draw, for class-conditional models (default: every class in turn)",
+    )
+    smp.add_argument(
+        "--hint-from",
+        type=Path,
+        metavar="IMAGES",
+        help="a ControlNet checkpoint draws from the hints of these images: a .pt/.npy tensor "
+        "(N, C, H, W) of floats in [-1, 1] or uint8 pixels, or a folder of image files "
+        "(default: none)",
+    )
+    smp.add_argument(
+        "--base",
+        type=Path,
+        help="the base checkpoint of a ControlNet checkpoint (default: the path it names)",
+    )
+    smp.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="ControlNet conditioning scale, 0 gives the base model (default: 1.0)",
     )
     smp.set_defaults(run=_sample, parser=smp)
 
@@ -232,6 +265,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_control_parser(sub) -> None:
+    from .control import TRAINING_FIELDS
+    from .hints import HINT_NAMES
+
+    ctl = sub.add_parser(
+        "train-control",
+        help="train a ControlNet on a trained image run",
+        description="Train a ControlNet: a trainable copy of a trained U-Net's encoder, fed hint "
+        "images made from the run's data, added to the locked network through zero "
+        "convolutions. The checkpoint holds the control branch and names its base.",
+    )
+    ctl.add_argument("--base", type=Path, required=True, help="the base run's checkpoint.pt")
+    ctl.add_argument(
+        "--hint",
+        required=True,
+        choices=HINT_NAMES,
+        help="edges (Sobel), downsample (2x block means), mask (25%% of the pixels kept)",
+    )
+    ctl.add_argument(
+        "--hint-dropout",
+        type=float,
+        default=0.0,
+        help="probability of a zero hint per example, for guidance on the hint (default: 0.0)",
+    )
+    ctl.add_argument(
+        "--hint-hidden",
+        type=_positive_int,
+        default=16,
+        help="channels of the hint encoder's first layers (default: 16)",
+    )
+    ema = ctl.add_argument("--base-ema", action=argparse.BooleanOptionalAction, default=True)
+    ema.help = "control the base's EMA weights, or its last weights (default: --base-ema)"
+    fields = tuple(f for f in TRAINING_FIELDS if f != "out")
+    _add_config_flags(ctl, fields, default="the base run's")
+    ctl.add_argument(
+        "--out",
+        help="run directory (default: BASE_RUN_control_HINT beside the base run's directory)",
+    )
+    ctl.set_defaults(run=_train_control, parser=ctl)
+
+
+def _train_control(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .control import control_trainer
+
+    skip = ("command", "run", "parser", "base", "hint", "hint_dropout", "hint_hidden", "base_ema")
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if "out" not in overrides:
+        overrides["out"] = str(
+            args.base.parent.parent / f"{args.base.parent.name}_control_{args.hint}"
+        )
+    try:
+        trainer = control_trainer(
+            args.base, args.hint, hint_dropout=args.hint_dropout, hint_hidden=args.hint_hidden,
+            base_ema=args.base_ema, **overrides,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return _run(trainer, "sdekit train-control")
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     values = {
         k: v for k, v in vars(args).items() if k not in ("command", "config", "run", "parser")
@@ -241,10 +334,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         trainer = Trainer(TrainConfig.from_dict({**base, **values}))
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return _run(trainer, "sdekit train")
+
+
+def _run(trainer: Trainer, prog: str) -> int:
     try:
         trainer.train()
     except NonFiniteLossError as e:
-        print(f"sdekit train: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     finally:
         if torch.distributed.is_initialized():
@@ -297,16 +394,23 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _check_sample_out(out)
         elif args.out is not None:
             raise ValueError("pass --out (one file) or --out-dir (sharded files), not both")
+        elif args.hint_from is not None:
+            raise ValueError("--hint-from writes one --out file; it takes no --out-dir")
         get_sampler(args.method)
+        if args.hint_from is not None:
+            return _sample_control(args, out)
+        if args.base is not None or args.scale != 1.0:
+            raise ValueError("--base and --scale are for a ControlNet checkpoint, with --hint-from")
         trained = _start(args)
+        n = 64 if args.n is None else args.n
         options = dict(seed=args.seed, method=args.method, steps=args.steps, label=args.label)
         if args.out_dir is not None:
             manifest = sample_shards(
-                trained, args.out_dir, n=args.n, shard_size=args.shard_size,
+                trained, args.out_dir, n=n, shard_size=args.shard_size,
                 batch_size=args.batch_size, checkpoint=args.checkpoint, ema=args.ema, **options,
             )  # fmt: skip
         else:
-            x = trained.sample_batched(args.n, batch_size=args.batch_size, **options)
+            x = trained.sample_batched(n, batch_size=args.batch_size, **options)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     finally:
@@ -314,8 +418,40 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.out_dir is not None:
         if _rank() == 0:
             shards = len(manifest["shards"])
-            print(f"samples: {args.n} in {shards} shard(s), {args.out_dir / MANIFEST_NAME}")
+            print(f"samples: {n} in {shards} shard(s), {args.out_dir / MANIFEST_NAME}")
         return 0
+    return _write_samples(x, out)
+
+
+def _sample_control(args: argparse.Namespace, out: Path) -> int:
+    from .control import load_controlled, read_images
+    from .figures import save_image_rows
+    from .inference import class_condition
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise ValueError(f"--device: {e}") from None
+    trained = load_controlled(
+        args.checkpoint, base=args.base, ema=args.ema, scale=args.scale, device=device
+    )
+    images = read_images(args.hint_from, trained.data_shape)
+    n = args.n or images.shape[0]
+    images = images[torch.arange(n) % images.shape[0]]
+    hints = trained.hints(images, seed=args.seed)
+    labels = class_condition(n, trained.num_classes, args.label, "cpu")
+    x = trained.sample_batched(
+        hints, labels=labels, batch_size=args.batch_size, seed=args.seed, method=args.method,
+        steps=args.steps,
+    )  # fmt: skip
+    if out.suffix == ".pt":
+        return _write_samples(x, out)
+    save_image_rows([images, hints, x], out, names=["image", "hint", "sample"])
+    print(f"samples: {out}")
+    return 0
+
+
+def _write_samples(x: torch.Tensor, out: Path) -> int:
     if out.suffix == ".pt":
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(x, out)

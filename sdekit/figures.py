@@ -80,3 +80,50 @@ def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | P
     ax.set_ylabel("loss (mean since the previous point)")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=100)
+
+
+def save_image_rows(
+    rows: Sequence[torch.Tensor],
+    path: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    per_line: int = 16,
+) -> None:
+    """Save rows of images side by side as a PNG: ``rows[k][i]`` is drawn under ``rows[k - 1][i]``
+    (e.g. a hint's source image, the hint, the sample drawn with it), in bands of ``per_line``
+    columns. Each row is ``(n, C, H, W)`` in :math:`[-1, 1]` with the same ``n``, ``H``, ``W``
+    and 1 or 3 channels (a hint's first channels are shown); ``names`` label the rows."""
+    from matplotlib.figure import Figure
+
+    rows = [r.detach().float().cpu() for r in rows]
+    n, _, h, w = rows[0].shape
+    if any(r.ndim != 4 or r.shape[0] != n or r.shape[2:] != (h, w) for r in rows):
+        raise ValueError(
+            f"rows must be images (n, C, H, W) of one n, H and W, got {[tuple(r.shape) for r in rows]}"
+        )
+    if names is not None and len(names) != len(rows):
+        raise ValueError(f"names must name the {len(rows)} rows, got {len(names)}")
+    c = 3 if any(r.shape[1] >= 3 for r in rows) else 1
+    rows = [r[:, :c] if r.shape[1] >= c else r[:, :1].expand(-1, c, -1, -1) for r in rows]
+    cols, bands = min(n, per_line), math.ceil(n / per_line)
+    lines = bands * len(rows)
+    grid = torch.ones(c, lines * (h + 1) + bands, cols * (w + 1) + 1)
+    for k, row in enumerate(rows):
+        pixels = to_pixel_range(row, 1.0).clamp(0, 1)
+        for i in range(n):
+            band, q = divmod(i, per_line)
+            top = 1 + band * (len(rows) * (h + 1) + 1) + k * (h + 1)
+            grid[:, top : top + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = pixels[i]
+    img = grid.permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    left = 0.9 if names else 0.0
+    fig = Figure(figsize=(left + cols * 0.45 + 0.2, lines * 0.45 + 0.2))
+    ax = fig.add_axes((left / fig.get_figwidth(), 0, 1 - left / fig.get_figwidth(), 1))
+    ax.imshow(img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for band in range(bands if names else 0):
+        for k, name in enumerate(names):
+            top = 1 + band * (len(rows) * (h + 1) + 1) + k * (h + 1)
+            ax.text(-1, top + h / 2, name, ha="right", va="center", fontsize=8)
+    fig.savefig(path, dpi=100)

@@ -247,6 +247,12 @@ def load_model(
     if path.is_dir() and (path / "diffusion_pytorch_model.safetensors").is_file():
         return _load_exported(path, device, sde, model)
     state = load_checkpoint(path, map_location=device)
+    if "control" in state:
+        raise CheckpointError(
+            f"{path} is a ControlNet checkpoint (a control branch of the base "
+            f"{state['control']['base']}): load it with sdekit.control.load_controlled, or sample "
+            "it with sample --hint-from IMAGES"
+        )
     require_keys(state, ("config", "data_shape", "num_classes", "model", "ema"), path)
     config = TrainConfig.from_dict(state["config"])
     shape = tuple(state["data_shape"])
