@@ -116,6 +116,8 @@ def control_trainer(
     hint_dropout: float = 0.0,
     hint_hidden: int = 16,
     base_ema: bool = True,
+    data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    sample_grid: bool = True,
     **overrides: Any,
 ) -> ControlTrainer:
     """A trainer of a ControlNet on the base checkpoint ``base`` (module docs); ``.train()`` runs it.
@@ -128,6 +130,9 @@ def control_trainer(
         hint_dropout: probability :math:`p \\in [0, 1)` of a zero hint per example.
         hint_hidden: channels of the hint encoder's first layers.
         base_ema: control the base's EMA weights (what it is sampled with), or its raw weights.
+        data: ``(images, labels)`` to make the hints from and train on, instead of the base's data
+            set (``labels`` ``None`` for an unconditional base).
+        sample_grid: draw sample grids (with the first training examples' hints) while training.
         overrides: :class:`~sdekit.config.TrainConfig` fields of :data:`TRAINING_FIELDS`
             (``steps``, ``lr``, ``out``, ...); the others come from the base's config.
     """
@@ -142,7 +147,10 @@ def control_trainer(
         )
     model = trained.model.requires_grad_(False)
     config = TrainConfig.from_dict({**trained.config.to_dict(), **overrides})
-    x, labels = load_data(config)
+    x, labels = load_data(config) if data is None else data
+    if (labels is None) != (trained.num_classes is None):
+        need = "needs labels" if labels is None else "is unconditional: give no labels"
+        raise ValueError(f"the base model {need} (data=(images, labels))")
     hints = make_hints(
         hint, x, generator=torch.Generator().manual_seed(derive_seed(config.seed, 6))
     )
@@ -166,7 +174,12 @@ def control_trainer(
     _check_resume(Path(config.out) / CHECKPOINT_NAME, info)
     loss = with_hint_dropout(build_loss(config, trained.sde), hint_dropout)
     return ControlTrainer(
-        config, model=controlled(model, control), loss_fn=loss, data=(x, cond), control=info
+        config,
+        model=controlled(model, control),
+        loss_fn=loss,
+        data=(x, cond),
+        sample_grid=sample_grid,
+        control=info,
     )
 
 

@@ -117,7 +117,7 @@ def save_image_rows(
     img = grid.permute(1, 2, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    left = 0.9 if names else 0.0
+    left = 1.2 if names else 0.0
     fig = Figure(figsize=(left + cols * 0.45 + 0.2, lines * 0.45 + 0.2))
     ax = fig.add_axes((left / fig.get_figwidth(), 0, 1 - left / fig.get_figwidth(), 1))
     ax.imshow(img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -358,6 +358,8 @@ def test_downsample_and_mask_hints():
     # the mask error counts the kept pixels only
     off = x + (1 - m) * 5
     assert torch.allclose(hint_error("mask", off, masked), torch.zeros(3))
+    # and is the mean over them: 0.5 off on every kept pixel is 0.25, however many are kept
+    assert torch.allclose(hint_error("mask", x + 0.5, masked), torch.full((3,), 0.25))
     with pytest.raises(ValueError, match="hint must be one of"):
         make_hints("canny", x)
     with pytest.raises(ValueError, match=r"must return a batch of hint images \(3, C, H, W\)"):
