@@ -121,3 +121,20 @@ def test_every_example_has_a_gallery_title(script):
     assert len(lines) >= 2 and lines[1] == "=" * len(lines[0]) and lines[0].strip(), (
         f"{script.name}: the docstring must start with 'Title' and a line of '=' as long"
     )
+
+
+@pytest.mark.slow
+def test_controlnet_starts_at_the_base_and_reads_the_hint(tmp_path):
+    out = run_example("plot_controlnet", tmp_path)
+    assert "equals the base bit for bit: True" in out
+    assert "scale 0 gives the base's samples bit for bit: True" in out
+    found = re.search(r"own hint ([\d.]+), shuffled hint ([\d.]+), base ([\d.]+)", out)
+    assert found, out
+    own, shuffled, base = map(float, found.groups())
+    # its own hint lowers the held-out loss; a wrong hint misleads it
+    assert own < 0.95 * base and shuffled > base
+    (base_rmse,), (controlled_rmse,) = (
+        numbers(rf"hint RMSE of the {name} samples: ([\d.]+)", out)
+        for name in (r"base \(no control\)", "ControlNet")
+    )
+    assert controlled_rmse < base_rmse
