@@ -183,9 +183,7 @@ class UNet(nn.Module, Configurable):
         h, skips = run_encoder(self.conv_in(x), emb, self.down, self.mid)
         return h, skips, emb
 
-    def decode(
-        self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor
-    ) -> torch.Tensor:
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         """The second half of :meth:`forward`: the decoder on the middle block's output ``h``
         and the encoder's ``skips`` (not modified), then the output convolution."""
         skips = list(skips)
