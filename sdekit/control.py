@@ -23,6 +23,7 @@ whose fingerprint differs (:class:`~sdekit.networks.controlnet.BaseMismatchError
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,7 +95,11 @@ class ControlTrainer(Trainer):
 
     def __init__(self, config: TrainConfig, *, control: dict[str, Any], **parts):
         self.control_info = dict(control)
-        super().__init__(config, **parts)
+        with warnings.catch_warnings():
+            # the checkpoint records no network config: load_controlled rebuilds the controlled
+            # model from the base checkpoint and "control", not load_model from a config
+            warnings.filterwarnings("ignore", r"network \(a \w+\) cannot describe itself")
+            super().__init__(config, **parts)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "control": self.control_info}
