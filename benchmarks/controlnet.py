@@ -11,7 +11,7 @@ its judge (the same classifier, trained on the training split) is reused. The sc
    for ``--train-cpu`` CPU-seconds each
 
    - a ControlNet on the base (:func:`sdekit.control.control_trainer`; the base locked), and
-   - the paper's baseline (Zhang et al. 2023, §4.4): the same U-Net trained from scratch with the
+   - the paper's baseline (Zhang et al. 2023): the same U-Net trained from scratch with the
      hint concatenated to its input channels, at the same CPU budget (the two are trained a step
      of each in turn, so that both see the same load);
 
@@ -27,7 +27,7 @@ its judge (the same classifier, trained on the training split) is reused. The sc
 Budgets are CPU time of this process (``time.process_time``, one thread), so a shared machine buys
 the same steps, only later; the load average is printed.
 
-    python benchmarks/controlnet.py           # base 120 CPU-s, each model 45 CPU-s (~7 CPU-minutes)
+    python benchmarks/controlnet.py           # base 120 CPU-s, each model 45 CPU-s (5.6 CPU-minutes)
     python benchmarks/controlnet.py --full    # base 600 CPU-s, each model 240 CPU-s
     python benchmarks/controlnet.py --base runs/digits/checkpoint.pt --train-cpu 120
 """
