@@ -490,6 +490,9 @@ def test_command_line_train_control_and_sample_from_images(base_run, tmp_path, c
             main([*sample, *extra, "--out", str(tmp_path / "x.pt")])
         assert message in capsys.readouterr().err, message
     with pytest.raises(SystemExit):
+        main([*sample, "--hint-from", str(tmp_path / "img.pt"), "--out-dir", str(tmp_path / "d")])
+    assert "--hint-from writes one --out file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(base_run), "--hint-from", str(tmp_path / "img.pt")])
     assert "not a ControlNet checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
