@@ -24,8 +24,24 @@ from .embeddings import LabelEmbedding, time_embedding
 _SQRT_HALF = 1 / math.sqrt(2)
 
 
+def norm_groups(channels: int) -> int:
+    r"""The number of GroupNorm groups for ``channels``: the largest divisor of ``channels`` that
+    is at most :math:`\min(32, \lfloor C/4 \rfloor)` (1 below 8 channels).
+
+    Every group then holds at least 4 channels (DDPM++'s ``min(C // 4, 32)``, Song et al. 2021,
+    where it divides :math:`C`). Groups of one channel would make an instance norm, which removes
+    every channel's spatial mean: before the output convolution that erases the mean brightness of
+    the input, which the network then cannot predict (a sampler multiplies what is left by
+    :math:`1/\alpha(T)`).
+    """
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    limit = max(1, min(32, channels // 4))
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 class ResBlock(nn.Module):
@@ -76,8 +92,8 @@ class UNet(nn.Module, Configurable):
     Args:
         in_channels: image channels (the output has as many unless ``out_channels`` is given).
         image_size: height and width; must be divisible by ``2 ** (len(channel_mults) - 1)``.
-        base_channels: channels of the first level; level ``i`` has
-            ``base_channels * channel_mults[i]``.
+        base_channels: channels of the first level (>= 4); level ``i`` has
+            ``base_channels * channel_mults[i]``. Every GroupNorm has :func:`norm_groups` groups.
         channel_mults: one multiplier per resolution level.
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
         attn_resolutions: resolutions (side lengths) at which self-attention follows each block.
@@ -113,6 +129,11 @@ class UNet(nn.Module, Configurable):
                 "image_size must be a positive multiple of 2 ** (len(channel_mults) - 1) = "
                 f"{factor}, "
                 f"got {image_size}"
+            )
+        if base_channels < 4:
+            raise ValueError(
+                "base_channels must be >= 4 (so that every GroupNorm group holds at least 4 "
+                f"channels, see norm_groups), got {base_channels}"
             )
         if num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
