@@ -30,18 +30,20 @@ minutes buy fewer steps.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sdekit.data import load_digits
 from sdekit.training import TrainConfig, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from judge import features, frechet_distance, load_average, real_floor, train_classifier  # noqa: E402
 
 #: the UNet run; ``steps`` is an upper bound, ``--minutes`` usually ends training first
 DIGITS_CONFIG = dict(
@@ -72,59 +74,6 @@ def split(labels: torch.Tensor, holdout: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(held_out))
 
 
-class Classifier(nn.Module):
-    """conv3x3(32) - conv3x3/2(64) - linear(64) - linear(10); ``features`` is the 64-unit layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
-        self.fc = nn.Linear(64 * 4 * 4, 64)
-        self.head = nn.Linear(64, 10)
-        self.drop = nn.Dropout(0.3)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.conv2(F.silu(self.conv1(x))))
-        return F.silu(self.fc(self.drop(h.flatten(1))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(x)))
-
-
-def train_classifier(x: torch.Tensor, y: torch.Tensor, epochs: int = 60) -> Classifier:
-    """Adam on cross-entropy with small random shifts and pixel noise (so it tolerates samples
-    that are slightly off the data's grey levels)."""
-    torch.manual_seed(0)
-    model = Classifier()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for idx in torch.randperm(x.shape[0], generator=g).split(64):
-            xb = x[idx]
-            shift = torch.randint(-1, 2, (2,), generator=g).tolist()
-            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
-            xb = xb + 0.1 * torch.randn(xb.shape, generator=g)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    r""":math:`\lVert\mu_a - \mu_b\rVert^2 + \operatorname{tr}(\Sigma_a + \Sigma_b
-    - 2(\Sigma_a\Sigma_b)^{1/2})` between Gaussians fitted to the rows of ``a`` and ``b``."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    root = root.real  # rounding leaves a tiny imaginary part
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="training wall-clock cap")
@@ -147,20 +96,14 @@ def main() -> None:
         raise ValueError(f"holdout must leave at least as many training digits, got {n}")
 
     start = time.perf_counter()
-    judge = train_classifier(x_train, y_train)
+    judge = train_classifier(x_train, y_train, channels=(32, 64), features=64, epochs=60)
     with torch.no_grad():
         accuracy = float((judge(x_held).argmax(1) == y_held).float().mean())
-        held_feat = judge.features(x_held).double().numpy()
+    held_feat = features(judge, x_held)
     print(f"classifier: {time.perf_counter() - start:.0f} s, held-out accuracy {accuracy:.3f}")
 
     # the floor: held-out digits against as many training digits, over draws
-    g = torch.Generator().manual_seed(1)
-    floors = []
-    for _ in range(5):
-        real = x_train[torch.randperm(x_train.shape[0], generator=g)[:n]]
-        with torch.no_grad():
-            floors.append(frechet_distance(judge.features(real).double().numpy(), held_feat))
-    floor = float(np.mean(floors))
+    floor, real = real_floor(judge, x_train, held_feat)
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig.from_dict(
@@ -199,14 +142,14 @@ def main() -> None:
         "| real-vs-real floor | ratio | mean max-softmax | class histogram 0-9 |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(row("real training digits", "", real, floors[-1]))
+    real_fd = frechet_distance(features(judge, real), held_feat)
+    print(row("real training digits", "", real, real_fd))
     for i, (method, steps) in enumerate(METHODS):
         samples, info = _sample(trainer, n, method, steps)
         samples = samples.float().cpu()
         if i == 0 and args.save:
             torch.save(samples, args.save)
-        with torch.no_grad():
-            fd = frechet_distance(judge.features(samples).double().numpy(), held_feat)
+        fd = frechet_distance(features(judge, samples), held_feat)
         print(row(method, str(info.nfe), samples, fd))
 
 

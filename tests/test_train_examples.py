@@ -67,7 +67,7 @@ def load_benchmark(name: str):
 def test_frechet_distance_closed_form():
     """For Gaussians the estimate converges to ||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2);
     with commuting diagonal covariances the root is elementwise."""
-    fd = load_benchmark("quality_digits").frechet_distance
+    fd = load_benchmark("judge").frechet_distance
     rng = np.random.default_rng(0)
     var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
     mu_a, mu_b = np.zeros(3), np.array([1.0, -2.0, 0.5])
