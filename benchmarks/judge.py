@@ -133,8 +133,9 @@ def real_floor(
 
 @torch.no_grad()
 def judge_samples(judge: Classifier, x: torch.Tensor, reference: np.ndarray) -> dict:
-    """Fréchet distance to ``reference`` features, mean max-softmax, class histogram and the
-    fraction of pixels outside [-1, 1] of the images ``x`` (judged as they are, unclipped)."""
+    """Fréchet distance to ``reference`` features, mean max-softmax, class histogram, the
+    fraction of pixels outside [-1, 1] and the largest absolute value of the images ``x`` (judged
+    as they are, unclipped)."""
     x = x.float().cpu()
     probs = torch.cat([F.softmax(judge(xb), 1) for xb in x.split(1000)])
     return {
@@ -142,6 +143,7 @@ def judge_samples(judge: Classifier, x: torch.Tensor, reference: np.ndarray) -> 
         "confidence": float(probs.max(1).values.mean()),
         "histogram": torch.bincount(probs.argmax(1), minlength=10).tolist(),
         "saturated": float((x.abs() > 1).float().mean()),
+        "max_abs": float(x.abs().max()),
     }
 
 

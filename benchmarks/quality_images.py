@@ -1,0 +1,150 @@
+r"""Sample quality on Fashion-MNIST (28×28) with the settings a user gets from the command line.
+
+The run is what ``python -m sdekit train --data fashion_mnist`` does: the IDX files read by
+:func:`sdekit.data.load_mnist` (the Debian package ``dataset-fashion-mnist`` puts them in
+``/usr/share/datasets/fashion-mnist``; without them the script says so and exits cleanly), the
+command line's preset for 28×28 data (:func:`sdekit.presets.preset`) and its sampler, with
+:math:`\hat x_0` thresholded as the command line samples image data. Training runs for
+``--minutes`` of process CPU time (one thread; on CUDA: wall time), and at every checkpoint in
+``--minutes`` the EMA weights are judged by the classifier of ``judge.py``, trained on the 60,000
+training images (its test accuracy is printed):
+
+- the Fréchet distance in its 64 penultimate features between ``--n`` samples and ``--n`` test
+  images, beside the real-vs-real floor (``--n`` training images against the same test images,
+  mean of five draws);
+- its mean max-softmax and the histogram of its classes (an unconditional model should give
+  about 10% each);
+- the fraction of saturated pixels, outside the data range :math:`[-1, 1]`, with the thresholding
+  and without it (the model's own estimate).
+
+Targets (issue 9): after 30 CPU-minutes a distance of at most 5 times the floor with under 1% of
+the pixels saturated, and samples recognisable in the grid (written to ``--grid``).
+
+    python benchmarks/quality_images.py                          # 10 and 30 CPU-minutes
+    python benchmarks/quality_images.py --minutes 2 --n 200      # a quick look
+    python benchmarks/quality_images.py --device cuda --minutes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sdekit.data import FASHION_MNIST_DEBIAN, load_dataset
+from sdekit.presets import preset
+from sdekit.sampling import sample
+from sdekit.thresholding import thresholded
+from sdekit.training import TrainConfig, Trainer, sample_prediction, save_samples
+
+sys.path.insert(0, str(Path(__file__).parent))
+from judge import cached_classifier, features, judge_samples, load_average, real_floor  # noqa: E402
+
+
+def draw(trainer: Trainer, n: int, threshold: str | None) -> tuple[torch.Tensor, int]:
+    """``n`` samples of the EMA weights with the run's sampler, and the number of model calls."""
+    cfg = trainer.config
+    model, prediction = trainer.ema.module, sample_prediction(cfg)
+    if threshold:
+        model = thresholded(model, trainer.sde, prediction, method=threshold)
+    with torch.no_grad():
+        x, info = sample(
+            model, trainer.sde, (n, *trainer.data_shape), method=cfg.sample_method,
+            steps=cfg.sample_steps, prediction=prediction, denoise_final=True,
+            generator=torch.Generator(trainer.device).manual_seed(0), device=trainer.device,
+        )  # fmt: skip
+    return x.cpu(), info.nfe
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="budgets")
+    parser.add_argument("--n", type=int, default=1000, help="samples and test images")
+    parser.add_argument("--data-root", default=FASHION_MNIST_DEBIAN, help="the IDX files")
+    parser.add_argument("--device", default="cpu", help="torch device (UNet and sampling)")
+    parser.add_argument("--judge-cache", help="save/load the judge's weights here (.pt)")
+    parser.add_argument("--grid", default="outputs/quality_images_{minutes}.png")
+    args = parser.parse_args()
+    if min(args.minutes) <= 0 or args.n < 10:
+        parser.error(f"--minutes must be > 0 and --n >= 10, got {args.minutes}, {args.n}")
+    try:
+        x, y = load_dataset("fashion_mnist", root=args.data_root)
+        xr, yr = load_dataset("fashion_mnist", root=args.data_root, split="test")
+    except FileNotFoundError as e:
+        print(f"skipped: Fashion-MNIST not found ({e})")
+        return 0
+    torch.set_num_threads(1)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    judge, judge_s = cached_classifier(x, y, (32, 64, 64), 64, epochs=3, cache=args.judge_cache)
+    with torch.no_grad():
+        accuracy = float((judge(xr).argmax(1) == yr).float().mean())
+    reference = features(judge, xr[: args.n])
+    floor, real = real_floor(judge, x, reference)
+    print(f"judge: {judge_s:.0f} CPU s to train, test accuracy {accuracy:.3f}")
+
+    rows = [("real training images", "", "", "", judge_samples(judge, real, reference))]
+    with tempfile.TemporaryDirectory() as out:
+        values = {
+            **preset("fashion_mnist"),
+            "data": "fashion_mnist",
+            "data_root": args.data_root,
+            "device": args.device,
+            "out": out,
+            "steps": 10**9,
+        }
+        trainer = Trainer(TrainConfig.from_dict(values))
+        cfg = trainer.config
+        params = sum(p.numel() for p in trainer.model.parameters())
+        print(
+            f"UNet {params / 1e6:.2f} M parameters, {cfg.prediction} on {cfg.sde}, batch "
+            f"{cfg.batch_size}, lr {cfg.lr:g}, EMA {cfg.ema_decay:g}; sampler {cfg.sample_method} "
+            f"at {cfg.sample_steps} steps; {args.n} samples; device {device}"
+        )
+        clock = time.perf_counter if cuda else time.process_time
+        start, wall, loads = clock(), time.perf_counter(), [load_average()]
+        for minutes in sorted(args.minutes):
+            while clock() - start < 60 * minutes:
+                trainer.train_step()
+            if cuda:
+                torch.cuda.synchronize()
+            used, loads = clock() - start, [*loads, load_average()]
+            head = (f"{used / 60:.1f}", f"{(time.perf_counter() - wall) / 60:.0f}", trainer.step)
+            for threshold in ("dynamic", None):
+                samples, nfe = draw(trainer, args.n, threshold)
+                scores = judge_samples(judge, samples, reference)
+                rows.append((*head, f"{nfe} {threshold or 'off'}", scores))
+                if threshold:
+                    grid = Path(args.grid.format(minutes=f"{minutes:g}"))
+                    save_samples(samples[:64], grid)
+                    print(f"grid after {minutes:g} minutes: {grid}", flush=True)
+            start += clock() - start - used  # sampling and judging are not training time
+
+    unit = "GPU wall" if cuda else "CPU"
+    print(
+        f"\n| {unit} min | wall min | steps | NFE, threshold | Fréchet distance | floor | ratio | "
+        "saturated | mean max-softmax | class histogram 0-9 |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for *head, s in rows:
+        hist = " ".join(map(str, s["histogram"]))
+        print(
+            f"| {' | '.join(map(str, head))} | {s['fd']:.2f} | {floor:.2f} | {s['fd'] / floor:.2f} "
+            f"| {100 * s['saturated']:.2f}% | {s['confidence']:.3f} | {hist} |"
+        )
+    print(f"\nload average {min(loads):.1f}-{max(loads):.1f} (uptime) during training")
+    last = [s for *head, s in rows if head[3].endswith("dynamic")][-1]
+    ok = last["fd"] <= 5 * floor and last["saturated"] < 0.01
+    print(
+        f"target after {max(args.minutes):g} minutes (FD <= 5x floor, < 1% saturated): "
+        f"{'met' if ok else 'missed'} ({last['fd'] / floor:.2f}x, {100 * last['saturated']:.2f}%)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

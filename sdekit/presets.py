@@ -1,0 +1,49 @@
+r"""Training settings per kind of data, chosen by measurement: the defaults of ``sdekit train``.
+
+:class:`~sdekit.config.TrainConfig`'s own defaults suit the 2D toy sets. Image data gets the
+fields of :func:`preset`, the best of a screening sweep at a fixed CPU budget
+(``benchmarks/sweep_images.py``; its table and what it changed are on the docs page "Training
+quality"). A config file and explicit flags override them: values come from the TrainConfig
+defaults, then the preset of ``data``, then ``--config``, then the flags.
+"""
+
+from __future__ import annotations
+
+from .data import IMAGE_DATASETS, TOY_DATASETS
+
+#: what every image preset shares: EDM preconditioning on the VP SDE with log-normal noise levels
+_IMAGES = dict(
+    sde="vp",
+    prediction="edm",
+    t_sampling="lognormal",
+    sigma_data=0.5,
+    num_res_blocks=1,
+    dropout=0.0,
+    warmup_steps=100,
+    ema_decay=0.995,
+)
+#: the preset of each image size
+PRESETS: dict[str, dict] = {
+    "8x8": dict(_IMAGES, channels=32, channel_mults=(1, 2), batch_size=128, lr=2e-3),
+    "28x28": dict(_IMAGES, channels=32, channel_mults=(1, 2, 2), batch_size=64, lr=2e-3),
+    "32x32": dict(_IMAGES, channels=32, channel_mults=(1, 2, 2), batch_size=64, lr=2e-3),
+}
+#: the preset each data set uses (folders of images: the 32x32 one)
+DATA_PRESETS: dict[str, str] = {
+    "digits": "8x8",
+    "mnist": "28x28",
+    "fashion_mnist": "28x28",
+    "cifar10": "32x32",
+    "folder": "32x32",
+}
+
+
+def preset(data: str) -> dict:
+    """The :class:`~sdekit.config.TrainConfig` fields tuned for the data set ``data`` (none for
+    the toy sets, whose settings are TrainConfig's defaults)."""
+    if data in TOY_DATASETS:
+        return {}
+    if data not in IMAGE_DATASETS:
+        names = [*TOY_DATASETS, *IMAGE_DATASETS]
+        raise ValueError(f"data must be one of {names}, got {data!r}")
+    return dict(PRESETS[DATA_PRESETS[data]])
