@@ -131,18 +131,26 @@ def real_floor(
     return float(np.mean(floors)), real
 
 
+#: float32 round-off of values computed to be exactly +-1 (a clipped estimate through the
+#: conversions): not outside the data range
+ROUND_OFF = 1e-5
+
+
 @torch.no_grad()
 def judge_samples(judge: Classifier, x: torch.Tensor, reference: np.ndarray) -> dict:
     """Fréchet distance to ``reference`` features, mean max-softmax, class histogram, the
-    fraction of pixels outside [-1, 1] and the largest absolute value of the images ``x`` (judged
-    as they are, unclipped)."""
+    fraction of pixels outside [-1, 1] (beyond :data:`ROUND_OFF`), of those more than one 8-bit grey
+    level outside
+    (:math:`|x| > 1 + 2/255`) and the largest absolute value of the images ``x`` (judged as they
+    are, unclipped)."""
     x = x.float().cpu()
     probs = torch.cat([F.softmax(judge(xb), 1) for xb in x.split(1000)])
     return {
         "fd": frechet_distance(features(judge, x), reference),
         "confidence": float(probs.max(1).values.mean()),
         "histogram": torch.bincount(probs.argmax(1), minlength=10).tolist(),
-        "saturated": float((x.abs() > 1).float().mean()),
+        "saturated": float((x.abs() > 1 + ROUND_OFF).float().mean()),
+        "visibly_saturated": float((x.abs() > 1 + 2 / 255).float().mean()),
         "max_abs": float(x.abs().max()),
     }
 

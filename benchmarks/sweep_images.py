@@ -48,7 +48,14 @@ from sdekit.thresholding import thresholded
 from sdekit.training import TrainConfig, Trainer, sample_prediction
 
 sys.path.insert(0, str(Path(__file__).parent))
-from judge import cached_classifier, features, judge_samples, load_average, real_floor  # noqa: E402
+from judge import (  # noqa: E402
+    ROUND_OFF,
+    cached_classifier,
+    features,
+    judge_samples,
+    load_average,
+    real_floor,
+)
 
 #: every base setting: EDM preconditioning on the VP SDE, log-normal noise levels, no dropout
 COMMON = dict(
@@ -172,7 +179,7 @@ def run(data, name, overrides, args, judge, reference, floor, x_train) -> list[d
                 for threshold in ("clip", "dynamic", "off") if both else (args.threshold,):
                     samples = draw(model, trainer, args.n, threshold)
                     scores = judge_samples(judge, judge_view(data, samples), reference)
-                    scores["saturated"] = float((samples.abs() > 1).float().mean())
+                    scores["saturated"] = float((samples.abs() > 1 + ROUND_OFF).float().mean())
                     scores["max_abs"] = float(samples.abs().max())
                     rows.append(
                         dict(

@@ -1,9 +1,11 @@
-"""The command line: ``python -m sdekit train|train-control|sample|inpaint|likelihood|export ...``.
+r"""The command line: ``python -m sdekit train|train-control|sample|inpaint|likelihood|export ...``.
 
 ``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
-``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then a
-``--config`` file (JSON or TOML), then the flags, and all are checked before training starts. Run
-it under ``torchrun`` for several processes. ``sample`` draws from a checkpoint's EMA weights in
+``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then
+the preset of the data set (:func:`sdekit.presets.preset`: measured settings for 8×8, 28×28 and
+32×32 images, with :math:`\hat x_0` clipped while sampling), then a ``--config`` file (JSON or
+TOML), then the flags, and all are checked before training starts. Run it under ``torchrun`` for
+several processes. ``sample`` draws from a checkpoint's EMA weights in
 batches of ``--batch-size`` and writes a PNG grid (or the raw tensor with ``.pt``); sample ``i``
 comes from its own generator seeded by ``(--seed, i)``, so it is the same whatever the batch size.
 With ``--out-dir`` it writes sharded ``.npz`` files and a manifest instead, over the processes of
@@ -34,12 +36,13 @@ from pathlib import Path
 import torch
 
 from .checks import check_choice
-from .config import TrainConfig, config_field_types
+from .config import SAMPLE_THRESHOLDS, TrainConfig, config_field_types, read_config_file
 from .data import DATASETS, IMAGE_DATASETS, TOY_DATASETS, load_dataset
 from .distributed import init_process_group, resolve_device
-from .figures import save_samples
+from .figures import outside_pixels_text, save_samples
 from .inference import TrainedModel, export_model, load_model
 from .likelihood import DIVERGENCES, FIXED_GRID_METHODS
+from .presets import PRESETS, preset
 from .sampling import get_sampler
 from .seeding import data_generator, derive_seed
 from .sharded import likelihood_shards, sample_shards
@@ -48,6 +51,29 @@ from .training import NonFiniteLossError, Trainer
 
 #: what ``sample --out`` may end with: a figure of the samples, or ``.pt`` for the raw tensor
 SAMPLE_SUFFIXES = (".png", ".jpg", ".pdf", ".svg", ".pt")
+
+
+#: the fields some data set's preset sets (their --help says so)
+_PRESET_FIELDS = {name for values in PRESETS.values() for name in values}
+
+
+def _presets_epilog() -> str:
+    lines = ["presets (under --config and the flags; digits: 8x8, mnist and fashion_mnist: 28x28,"]
+    lines.append("cifar10 and folder: 32x32; the toy sets use the defaults above):")
+    for name, values in PRESETS.items():
+        lines.append(f"  {name}: " + ", ".join(f"{k}={_shown(v)}" for k, v in values.items()))
+    return "\n".join(lines)
+
+
+def train_config(flags: dict, config_file: Path | None = None) -> TrainConfig:
+    """The run ``sdekit train`` makes of ``flags`` (field names and values) and a ``--config``
+    file: the defaults, then the preset of the data set, then the file, then the flags."""
+    base = {}
+    if config_file:
+        TrainConfig.from_file(config_file)  # the file's own errors name it
+        base = read_config_file(config_file)
+    data = flags.get("data", base.get("data", TrainConfig.data))
+    return TrainConfig.from_dict({**preset(data), **base, **flags})
 
 
 def _positive_int(text: str) -> int:
@@ -77,7 +103,8 @@ def _add_config_flags(
         if default:
             help_ = help_.split(" (default:")[0] + f" (default: {default})"
         elif "(default:" not in help_:
-            help_ += f" (default: {_shown(f.default)})"
+            preset_note = "; images: see the presets below" if f.name in _PRESET_FIELDS else ""
+            help_ += f" (default: {_shown(f.default)}{preset_note})"
         help_ = help_.replace("%", "%%")
         args = typing.get_args(kind)
         if kind is bool:
@@ -130,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a score network (a quick toy run by default)",
-        description="Train a score network; flags override the --config file. The run directory "
-        "(--out) receives config.json, checkpoint.pt, log.jsonl, loss.png and sample grids.",
+        description="Train a score network; flags override the --config file, which overrides the "
+        "data set's preset. The run directory (--out) receives config.json, checkpoint.pt, "
+        "log.jsonl, loss.png and sample grids.",
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument(
         "--config", type=Path, help="a JSON or TOML file of TrainConfig fields (default: none)"
@@ -196,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="ControlNet conditioning scale, 0 gives the base model (default: 1.0)",
+    )
+    smp.add_argument(
+        "--threshold",
+        choices=SAMPLE_THRESHOLDS,
+        help="bound x0-hat in [-1, 1] at every step (sdekit.thresholding) (default: the run's "
+        "sample_threshold: clip for the image presets, none otherwise)",
     )
     smp.set_defaults(run=_sample, parser=smp)
 
@@ -330,10 +366,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         k: v for k, v in vars(args).items() if k not in ("command", "config", "run", "parser")
     }
     try:
-        base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-        trainer = Trainer(TrainConfig.from_dict({**base, **values}))
+        config = train_config(values, args.config)
+        trainer = Trainer(config)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if trainer.rank == 0:
+        _say_preset(config, values, args.config)
     return _run(trainer, "sdekit train")
 
 
@@ -349,6 +387,27 @@ def _run(trainer: Trainer, prog: str) -> int:
     if trainer.rank == 0:
         print(f"checkpoint: {trainer.checkpoint_path}")
     return 0
+
+
+def _say_preset(config: TrainConfig, flags: dict, config_file: Path | None) -> None:
+    values = preset(config.data)
+    if not values:
+        return
+    overridden = sorted(k for k in values if k in flags or getattr(config, k) != values[k])
+    note = f" (overridden: {', '.join(overridden)})" if overridden else ""
+    print(f"sdekit train: the preset for {config.data} (sdekit.presets){note}", file=sys.stderr)
+    if config.sample_threshold == "none":
+        print(
+            "sdekit train: sample grids: x0-hat not bounded (sample_threshold none)",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"sdekit train: sample grids: x0-hat bounded to [-1, 1] at every step "
+            f"({config.sample_threshold}, sdekit.thresholding; --sample-threshold none to turn it "
+            "off)",
+            file=sys.stderr,
+        )
 
 
 def _check_sample_out(out: Path) -> None:
@@ -403,7 +462,10 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise ValueError("--base and --scale are for a ControlNet checkpoint, with --hint-from")
         trained = _start(args)
         n = 64 if args.n is None else args.n
-        options = dict(seed=args.seed, method=args.method, steps=args.steps, label=args.label)
+        options = dict(
+            seed=args.seed, method=args.method, steps=args.steps, label=args.label,
+            threshold=args.threshold,
+        )  # fmt: skip
         if args.out_dir is not None:
             manifest = sample_shards(
                 trained, args.out_dir, n=n, shard_size=args.shard_size,
@@ -420,6 +482,9 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             shards = len(manifest["shards"])
             print(f"samples: {n} in {shards} shard(s), {args.out_dir / MANIFEST_NAME}")
         return 0
+    threshold = args.threshold or trained.config.sample_threshold
+    if threshold != "none":
+        print(f"sdekit sample: x0-hat bounded to [-1, 1] at every step ({threshold})")
     return _write_samples(x, out)
 
 
@@ -457,7 +522,8 @@ def _write_samples(x: torch.Tensor, out: Path) -> int:
         torch.save(x, out)
     else:
         save_samples(x, out)
-    print(f"samples: {out}")
+    note = f" ({outside_pixels_text(int((x.abs() > 1).sum()), x.numel())})" if x.ndim == 4 else ""
+    print(f"samples: {out}{note}")
     return 0
 
 

@@ -22,6 +22,7 @@ from .data import DATASETS, FASHION_MNIST_DEBIAN
 from .linear import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
 from .losses import T_SAMPLINGS, WEIGHTINGS
 from .sampling import SAMPLERS, get_sampler
+from .thresholding import THRESHOLDINGS
 
 #: SDEs by the name :attr:`TrainConfig.sde` takes, each with its default parameters
 SDES: dict[str, Callable[[], LinearSDE]] = {
@@ -34,6 +35,8 @@ SDES: dict[str, Callable[[], LinearSDE]] = {
 #: what the network predicts; ``"edm"`` is a network behind :class:`~sdekit.networks.EDMPrecond`
 TRAIN_PREDICTIONS = ("score", "eps", "x0", "v", "edm")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: how samples bound their x0-hat (:mod:`sdekit.thresholding`); ``"none"`` for unbounded data
+SAMPLE_THRESHOLDS = ("none", *THRESHOLDINGS)
 #: data sets read from ``data_root``, and the fixed image side of those that ``image_size`` cannot
 #: change
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "folder")
@@ -53,6 +56,7 @@ RESUMABLE_CHANGES = {
     "sample_n",
     "channels_last",
     "compile",
+    "sample_threshold",
 }
 
 
@@ -125,6 +129,11 @@ class TrainConfig:
     )
     sample_steps: int = _help("sampler steps for the sample grids", 20)
     sample_n: int | None = _help("samples per grid (default: 64 images or 2000 points)", None)
+    sample_threshold: str = _help(
+        f"bound x0-hat in [-1, 1] while sampling: one of {', '.join(SAMPLE_THRESHOLDS)} "
+        "(sdekit.thresholding; image data: the preset's, clip)",
+        "none",
+    )
 
     def __post_init__(self):
         kinds = config_field_types()
@@ -137,6 +146,7 @@ class TrainConfig:
             "weighting": WEIGHTINGS,
             "t_sampling": T_SAMPLINGS,
             "precision": PRECISIONS,
+            "sample_threshold": SAMPLE_THRESHOLDS,
         }
         for name, allowed in choices.items():
             check_choice(name, getattr(self, name), allowed)
@@ -208,25 +218,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """A config from a JSON or TOML file (by extension) of field names and values."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config must be an existing file, {path} does not exist")
-        if path.suffix == ".json":
-            parse, kind = json.loads, "JSON"
-        elif path.suffix == ".toml":
-            try:
-                import tomllib
-            except ImportError as e:  # Python 3.10
-                raise ImportError("TOML configs need Python >= 3.11; use JSON") from e
-            parse, kind = tomllib.loads, "TOML"
-        else:
-            raise ValueError(f"config must be a .json or .toml file, got {path}")
-        try:
-            values = parse(path.read_text())
-        except ValueError as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError
-            raise ValueError(f"config {path} is not valid {kind}: {e}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config {path} must hold a table/object of fields")
+        values = read_config_file(path)
         try:
             return cls.from_dict(values)
         except ValueError as e:
@@ -234,6 +226,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The fields a JSON or TOML file (by extension) sets, as written (checked by
+    :meth:`TrainConfig.from_file`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config must be an existing file, {path} does not exist")
+    if path.suffix == ".json":
+        parse, kind = json.loads, "JSON"
+    elif path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError as e:  # Python 3.10
+            raise ImportError("TOML configs need Python >= 3.11; use JSON") from e
+        parse, kind = tomllib.loads, "TOML"
+    else:
+        raise ValueError(f"config must be a .json or .toml file, got {path}")
+    try:
+        values = parse(path.read_text())
+    except ValueError as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        raise ValueError(f"config {path} is not valid {kind}: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config {path} must hold a table/object of fields")
+    return values
 
 
 def config_field_types() -> dict[str, type]:

@@ -15,17 +15,22 @@ from .data import to_pixel_range
 
 def save_samples(
     x: torch.Tensor, path: str | Path, *, reference: torch.Tensor | None = None
-) -> None:
-    """Save samples as a PNG: images ``(n, C, H, W)`` in :math:`[-1, 1]` as a square grid (values
-    outside are clipped for display only), 2D points as a scatter (over ``reference`` points in
-    grey), 1D points as a histogram; a legend tells data from samples."""
+) -> int:
+    """Save samples as a PNG: images ``(n, C, H, W)`` in :math:`[-1, 1]` as a square grid, 2D
+    points as a scatter (over ``reference`` points in grey), 1D points as a histogram; a legend
+    tells data from samples.
+
+    Image values outside :math:`[-1, 1]` are clipped for display only, and not hidden: their
+    count is written under the grid and returned (0 for points)."""
     from matplotlib.figure import Figure
 
     x = x.detach().float().cpu()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    outside = 0
     if x.ndim == 4:
         n, c, h, w = x.shape
+        outside = int((x.abs() > 1).sum())
         cols = math.ceil(math.sqrt(n))
         rows = math.ceil(n / cols)
         grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
@@ -36,12 +41,18 @@ def save_samples(
                 :, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w
             ] = pixels[i]
         img = grid.permute(1, 2, 0).numpy()
-        fig = Figure(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.4))
-        ax = fig.add_axes((0, 0, 1, 1))
+        # at least 3.5 inches wide, so the caption fits under a small grid
+        width, height, caption = max(cols * 0.6 + 0.4, 3.5), rows * 0.6 + 0.4, 0.3
+        fig = Figure(figsize=(width, height + caption))
+        ax = fig.add_axes((0, caption / (height + caption), 1, height / (height + caption)))
         ax.imshow(
             img[..., 0] if c == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
         )
         ax.axis("off")
+        fig.text(
+            0.5, 0.5 * caption / (height + caption), outside_pixels_text(outside, x.numel()),
+            ha="center", va="center", fontsize=7,
+        )  # fmt: skip
     elif x.ndim == 2 and x.shape[1] in (1, 2):
         fig = Figure(figsize=(5, 5))
         ax = fig.subplots()
@@ -61,6 +72,14 @@ def save_samples(
             f"x must be images (n, C, H, W) or points (n, 1 or 2), got {tuple(x.shape)}"
         )
     fig.savefig(path, dpi=100)
+    return outside
+
+
+def outside_pixels_text(outside: int, total: int) -> str:
+    """``"12 of 50176 pixels (0.02%) outside [-1, 1], clipped for display"``."""
+    return f"{outside} of {total} pixels ({100 * outside / total:.2f}%) outside [-1, 1]" + (
+        ", clipped for display" if outside else ""
+    )
 
 
 def save_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str | Path) -> None:

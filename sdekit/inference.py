@@ -31,12 +31,14 @@ from torch import nn
 
 from .builders import build_model, build_sde, sample_prediction
 from .checkpoint import CheckpointError, check_finite_parameters, load_checkpoint, require_keys
+from .checks import check_choice
 from .conditioning import Cond
-from .config import TrainConfig
+from .config import SAMPLE_THRESHOLDS, TrainConfig
 from .configurable import ConfigError, class_path, from_config, import_class, to_config
 from .linear import LinearSDE
 from .parameterization import Prediction
 from .seeding import sample_generators
+from .thresholding import thresholded
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -69,22 +71,31 @@ def sample_from(
     method: str = "dpmpp_2m",
     steps: int = 20,
     generator: Generator = None,
+    threshold: str = "none",
 ) -> torch.Tensor:
-    """Samples of a trained model with :func:`sdekit.sampling.sample`, without gradients.
+    r"""Samples of a trained model with :func:`sdekit.sampling.sample`, without gradients.
 
     A class-conditional model (``num_classes`` given) draws class ``label``, or the classes
     ``0, 1, ..., K-1`` in turn; any other condition is passed as ``cond`` (per sample).
+    ``threshold`` ``"clip"`` or ``"dynamic"`` bounds :math:`\hat x_0` to :math:`[-1, 1]` at every
+    model call (:func:`sdekit.thresholding.thresholded`) and ends with the denoising step, so the
+    samples are the last bounded estimate; ``"none"`` leaves the model as it is.
     """
     from .sampling import sample
 
+    check_choice("threshold", threshold, SAMPLE_THRESHOLDS)
     device = next(model.parameters()).device
     labels = class_condition(shape[0], num_classes, label, device)
     if labels is not None and cond is not None:
         raise ValueError("pass either cond or the class labels (num_classes, label), not both")
+    bounded = threshold != "none"
+    if bounded:
+        model = thresholded(model, sde, prediction, method=threshold)
     with torch.no_grad():
         x, _ = sample(
             model, sde, shape, method=method, steps=steps, prediction=prediction,
             generator=generator, cond=labels if cond is None else cond, device=device,
+            denoise_final=True if bounded else None,
         )  # fmt: skip
     return x
 
@@ -106,8 +117,10 @@ class TrainedModel(NamedTuple):
         steps: int = 20,
         label: int | None = None,
         generator: Generator = None,
+        threshold: str | None = None,
     ) -> torch.Tensor:
-        """``n`` samples in one batch with :func:`sample_from`."""
+        """``n`` samples in one batch with :func:`sample_from` (``threshold``: default the run's
+        ``sample_threshold``)."""
         return sample_from(
             self.model,
             self.sde,
@@ -118,6 +131,7 @@ class TrainedModel(NamedTuple):
             method=method,
             steps=steps,
             generator=generator,
+            threshold=threshold or self.config.sample_threshold,
         )
 
     def sample_batched(
@@ -130,10 +144,12 @@ class TrainedModel(NamedTuple):
         steps: int = 20,
         label: int | None = None,
         start: int = 0,
+        threshold: str | None = None,
     ) -> torch.Tensor:
         """Samples ``start, ..., start + n - 1`` drawn ``batch_size`` at a time, gathered on the
         CPU; sample ``i`` has its own generator (see the module docs), so the result does not
-        depend on ``batch_size`` (nor on ``start``: a draw may be split into parts)."""
+        depend on ``batch_size`` (nor on ``start``: a draw may be split into parts).
+        ``threshold``: see :func:`sample_from` (default: the run's ``sample_threshold``)."""
         for name, value, low in (("n", n, 1), ("batch_size", batch_size, 1), ("start", start, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -151,6 +167,7 @@ class TrainedModel(NamedTuple):
                 method=method,
                 steps=steps,
                 generator=sample_generators(seed, range(first, stop), device),
+                threshold=threshold or self.config.sample_threshold,
             )
             parts.append(x.cpu())
         return torch.cat(parts)

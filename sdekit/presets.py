@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .data import IMAGE_DATASETS, TOY_DATASETS
 
-#: what every image preset shares: EDM preconditioning on the VP SDE with log-normal noise levels
+#: what every image preset shares: EDM preconditioning on the VP SDE with log-normal noise levels,
+#: x0-hat clipped to [-1, 1] while sampling
 _IMAGES = dict(
     sde="vp",
     prediction="edm",
@@ -21,6 +22,7 @@ _IMAGES = dict(
     dropout=0.0,
     warmup_steps=100,
     ema_decay=0.995,
+    sample_threshold="clip",
 )
 #: the preset of each image size
 PRESETS: dict[str, dict] = {

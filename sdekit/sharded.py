@@ -84,16 +84,19 @@ def sample_shards(
     method: str = "dpmpp_2m",
     steps: int = 20,
     label: int | None = None,
+    threshold: str | None = None,
     checkpoint: str | Path | None = None,
     ema: bool = True,
     log=None,
 ) -> dict:
-    """Draw ``n`` samples of ``trained`` (:func:`~sdekit.inference.load_model`) into sharded
+    r"""Draw ``n`` samples of ``trained`` (:func:`~sdekit.inference.load_model`) into sharded
     ``.npz`` files in ``out_dir`` with a manifest, over the processes of the current process
     group (one without it), resuming a partly finished run (see the module).
 
     ``checkpoint`` is the file ``trained`` came from: its SHA-256 is a setting, so a resume with
-    other weights is refused. Returns the manifest.
+    other weights is refused. ``threshold``: the bound on :math:`\hat x_0`
+    (:meth:`~sdekit.inference.TrainedModel.sample_batched`; default: the run's). Returns the
+    manifest.
     """
     positive_int("batch_size", batch_size)
     positive_int("steps", steps)
@@ -104,6 +107,7 @@ def sample_shards(
         "checkpoint_sha256": _source_digest(checkpoint),
         "ema": ema, "method": method, "steps": steps, "seed": seed, "n": n,
         "shard_size": shard_size, "batch_size": batch_size, "label": label,
+        "threshold": threshold or trained.config.sample_threshold,
         "data_shape": list(trained.data_shape), "num_classes": trained.num_classes,
     }  # fmt: skip
     device = next(trained.model.parameters()).device
@@ -111,7 +115,8 @@ def sample_shards(
 
     def compute(r: range) -> dict[str, np.ndarray]:
         x = trained.sample_batched(len(r), batch_size=batch_size, seed=seed, method=method,
-                                   steps=steps, label=label, start=r.start)  # fmt: skip
+                                   steps=steps, label=label, start=r.start,
+                                   threshold=threshold)  # fmt: skip
         out = {"samples": x.float().numpy()}
         if with_labels:
             labels = class_condition(len(r), trained.num_classes, label, "cpu", r.start)

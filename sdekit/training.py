@@ -397,8 +397,16 @@ class Trainer:
                     f"{what} or choose another out directory"
                 )
 
-    def sample(self, n: int, *, method: str | None = None, steps: int | None = None):
-        """``n`` samples from the EMA weights, seeded by ``config.seed`` (grids stay comparable).
+    def sample(
+        self,
+        n: int,
+        *,
+        method: str | None = None,
+        steps: int | None = None,
+        threshold: str | None = None,
+    ):
+        """``n`` samples from the EMA weights, seeded by ``config.seed`` (grids stay comparable),
+        with the config's sampler, steps and ``sample_threshold`` unless given.
 
         A class-conditional run draws its classes in turn; a run with another condition draws
         with the conditions of the first ``n`` training examples (repeated if fewer).
@@ -418,6 +426,7 @@ class Trainer:
             method=method or cfg.sample_method,
             steps=steps or cfg.sample_steps,
             generator=torch.Generator(self.device).manual_seed(cfg.seed),
+            threshold=threshold or cfg.sample_threshold,
         )
 
     def save_sample_grid(self, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sdekit.cli import main
+from sdekit.config import TrainConfig
 
 TINY = ["--toy-size", "256", "--batch-size", "32", "--hidden", "16", "--depth", "2",
         "--sample-n", "32", "--sample-steps", "3", "--device", "cpu"]  # fmt: skip
@@ -64,6 +65,45 @@ def test_digits_image_run(tmp_path):
     argv = ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--steps", "2", "--n", "4"]
     assert main([*argv, "--out", str(grid), "--device", "cpu", "--label", "7"]) == 0
     assert grid.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_image_data_gets_its_preset_under_the_config_file_and_the_flags(tmp_path):
+    from sdekit.cli import train_config
+    from sdekit.presets import preset
+
+    assert train_config({"data": "gmm_2d"}) == TrainConfig(data="gmm_2d")  # toy: the defaults
+    config = train_config({"data": "fashion_mnist"})
+    assert config == TrainConfig(data="fashion_mnist", **preset("fashion_mnist"))
+    assert (config.prediction, config.sample_threshold) == ("edm", "clip")
+    (tmp_path / "c.json").write_text('{"data": "digits", "lr": 5e-4, "channels": 8}')
+    config = train_config({"channels": 16}, tmp_path / "c.json")
+    assert (config.lr, config.channels, config.batch_size) == (
+        5e-4,
+        16,
+        preset("digits")["batch_size"],
+    )
+
+
+def test_digits_run_says_its_preset_and_its_grid_counts_pixels_outside(tmp_path, capsys):
+    out = tmp_path / "digits"
+    unet = ["--channels", "8", "--channel-mults", "1", "2"]
+    assert main(["train", "--data", "digits", "--steps", "1", "--out", str(out), *TINY, *unet]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "preset for digits (sdekit.presets) (overridden: batch_size, channel_mults, channels" in err
+    )
+    assert "bounded to [-1, 1] at every step (clip" in err
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["prediction"], saved["sample_threshold"], saved["channels"]) == ("edm", "clip", 8)
+    argv = ["sample", "--checkpoint", str(out / "checkpoint.pt"), "--steps", "2", "--n", "4"]
+    grid = str(tmp_path / "g.png")
+    assert main([*argv, "--out", grid, "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "bounded to [-1, 1] at every step (clip)" in printed
+    assert "0 of 256 pixels (0.00%) outside [-1, 1]" in printed  # clipped x0-hat: none outside
+    assert main([*argv, "--out", grid, "--device", "cpu", "--threshold", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "bounded" not in printed and "of 256 pixels" in printed
 
 
 def test_config_file_then_flags(tmp_path):
@@ -155,4 +195,5 @@ def test_help_shows_every_default_once():
             assert text.count("(default:") == 1 and "(default: None)" not in text, text
     train_help = build_parser().parse_known_args(["train"])[0].parser.format_help()
     assert "fashion_mnist" in train_help.split("--data-root")[2].split("--toy-size")[0]
-    assert "(default: 1 2)" in " ".join(train_help.split())  # channel_mults as typed
+    assert "(default: 1 2;" in " ".join(train_help.split())  # channel_mults as typed
+    assert "28x28: sde=vp, prediction=edm" in train_help  # the presets, in the epilog

@@ -72,7 +72,8 @@ def test_judge_classifier_sizes_and_saturation_count():
         x = torch.zeros(3, 1, size, size)
         assert net(x).shape == (3, 10) and net.features(x).shape == (3, 64)
     x = torch.zeros(4, 1, 28, 28)
-    x[0, 0, 0, :7] = 1.5  # 7 of 3136 pixels outside [-1, 1]; exactly +-1 is inside
+    x[0, 0, 0, :7] = 1.5  # 7 of 3136 pixels outside [-1, 1]; +-1 and round-off are inside
+    x[2, 0, 0, 0] = 1 + 1e-7
     x[1] = -1.0
     net = judge.Classifier(28, (32, 64, 64), 64).eval()
     scores = judge.judge_samples(net, x, torch.randn(10, 64).double().numpy())
