@@ -46,6 +46,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from judge import cached_classifier, features, judge_samples, load_average, real_floor  # noqa: E402
 
 
+def row(r: tuple, floor: float) -> str:
+    """One line of the results' table (a row is the head's cells, then the scores)."""
+    *head, s = r
+    hist = " ".join(map(str, s["histogram"]))
+    return (
+        f"| {' | '.join(map(str, head))} | {s['fd']:.2f} | {floor:.2f} | {s['fd'] / floor:.2f} "
+        f"| {100 * s['saturated']:.2f}% | {100 * s['visibly_saturated']:.2f}% | "
+        f"{s['max_abs']:.2f} | {s['confidence']:.3f} | {hist} |"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="budgets")
@@ -102,6 +113,7 @@ def main() -> int:
                 scores = judge_samples(judge, samples, reference)
                 nfe = cfg.sample_steps + (threshold != "none")  # + the final denoising step
                 rows.append((*head, f"{nfe}, {threshold}", scores))
+                print(row(rows[-1], floor), flush=True)
                 if threshold == cfg.sample_threshold:
                     grid = Path(args.grid.format(minutes=f"{minutes:g}"))
                     save_samples(samples[:64], grid)
@@ -114,13 +126,8 @@ def main() -> int:
         "saturated | > 1 grey level | max abs | mean max-softmax | class histogram 0-9 |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    for *head, s in rows:
-        hist = " ".join(map(str, s["histogram"]))
-        print(
-            f"| {' | '.join(map(str, head))} | {s['fd']:.2f} | {floor:.2f} | {s['fd'] / floor:.2f} "
-            f"| {100 * s['saturated']:.2f}% | {100 * s['visibly_saturated']:.2f}% | "
-            f"{s['max_abs']:.2f} | {s['confidence']:.3f} | {hist} |"
-        )
+    for r in rows:
+        print(row(r, floor))
     print(f"\nload average {min(loads):.1f}-{max(loads):.1f} (uptime) during training")
     last = [s for *head, s in rows if head[3].endswith(f", {cfg.sample_threshold}")][-1]
     ok = last["fd"] <= 5 * floor and last["saturated"] < 0.01
