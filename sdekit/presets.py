@@ -1,10 +1,13 @@
-r"""Training settings per kind of data, chosen by measurement: the defaults of ``sdekit train``.
+r"""Training settings per kind of data, the defaults of ``sdekit train``.
 
 :class:`~sdekit.config.TrainConfig`'s own defaults suit the 2D toy sets. Image data gets the
-fields of :func:`preset`, the best of a screening sweep at a fixed CPU budget
-(``benchmarks/sweep_images.py``; its table and what it changed are on the docs page "Training
-quality"). A config file and explicit flags override them: values come from the TrainConfig
-defaults, then the preset of ``data``, then ``--config``, then the flags.
+fields of :func:`preset`: the base setting of the screening sweep ``benchmarks/sweep_images.py``
+(EDM preconditioning, log-normal noise levels, :math:`\hat x_0` clipped while sampling), which beat
+:math:`\varepsilon`-prediction and a narrower network at equal CPU time in the runs made so far,
+and whose Fashion-MNIST quality after 10 and 30 CPU-minutes ``benchmarks/quality_images.py``
+measures; the tables are on the docs page "Training quality". A config file and explicit flags
+override them: values come from the TrainConfig defaults, then the preset of ``data``, then
+``--config``, then the flags.
 """
 
 from __future__ import annotations

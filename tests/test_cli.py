@@ -197,3 +197,35 @@ def test_help_shows_every_default_once():
     assert "fashion_mnist" in train_help.split("--data-root")[2].split("--toy-size")[0]
     assert "(default: 1 2;" in " ".join(train_help.split())  # channel_mults as typed
     assert "28x28: sde=vp, prediction=edm" in train_help  # the presets, in the epilog
+
+
+def _write_idx(path, array, compress: bool = False):
+    import gzip
+    import struct
+
+    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw += array.astype("u1").tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+def test_mnist_files_errors_name_the_flag_and_the_file(tmp_path, capsys):
+    """Issue 9's run: --channel-mults 1 2 2 2 on 28x28 images blames the flag (not an image_size
+    the user never set), and a cut .gz download names its file."""
+    import numpy as np
+
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((64, 28, 28)))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(64))
+    base = ["train", "--data", "mnist", "--data-root", str(tmp_path), "--steps", "1",
+            "--out", str(tmp_path / "run"), "--device", "cpu"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--channel-mults", "1", "2", "2", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "channel_mults (1, 2, 2, 2)" in err and "28x28" in err, err
+    assert "image_size" not in err, err
+    cut = tmp_path / "train-images-idx3-ubyte.gz"  # preferred over the raw file
+    _write_idx(cut, np.zeros((64, 28, 28)), compress=True)
+    cut.write_bytes(cut.read_bytes()[:-20])
+    with pytest.raises(SystemExit) as exit_:
+        main(base)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"{cut} is a truncated or corrupt gzip file" in err, err

@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sdekit.config import TrainConfig
 from sdekit.linear import EDMSDE, VPSDE
 from sdekit.losses import DenoisingScoreMatching
 from sdekit.networks import MLP, EDMPrecond, GaussianFourierEmbedding, SinusoidalEmbedding, UNet
 from sdekit.networks.unet import norm_groups
+from sdekit.presets import PRESETS
 
 SMALL = dict(base_channels=16, num_res_blocks=1, dropout=0.0)
 
@@ -91,7 +93,15 @@ def test_no_normalisation_group_holds_a_single_channel():
     assert [norm_groups(c) for c in (8, 16, 24, 32, 64, 128, 256)] == [2, 4, 6, 8, 16, 32, 32]
 
 
-@pytest.mark.parametrize("width", [4, 8, 12, 16, 24, 32, 48, 64, 96, 128])
+#: every base width a config gives (TrainConfig's default and each image preset's), and the small
+#: and power-of-two widths that gcd(32, C) turned into instance norms, up to 128
+WIDTHS = sorted(
+    {4, 8, 12, 16, 24, 32, 48, 64, 96, 128, TrainConfig.channels}
+    | {p["channels"] for p in PRESETS.values()}
+)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
 def test_the_output_layer_sees_a_constant_shift_of_the_input(width):
     """The UNet's mean output can follow its input's mean brightness: the features that the
     output convolution reads (SiLU of the last GroupNorm) change, per channel and averaged over the
