@@ -43,7 +43,7 @@ from sdekit.thresholding import thresholded
 parser = argparse.ArgumentParser(description="Classifier-free guidance sharpens a class")
 parser.add_argument("--full", action="store_true", help="more samples")
 args = parser.parse_args()
-n_2d, n_digit = (4000, 24) if args.full else (1500, 8)
+n_2d, n_digit = (4000, 24) if args.full else (1000, 8)
 sde = sdekit.VPSDE()
 F64 = torch.float64
 
@@ -82,7 +82,7 @@ for c in range(3):
     labels = torch.full((n_2d,), c)
     for j, w in enumerate(weights):
         guided = classifier_free_guidance(model, w=w)
-        x, info = sdekit.sample(guided, sde, x_T, steps=25, prediction="eps", cond=labels)
+        x, info = sdekit.sample(guided, sde, x_T, steps=20, prediction="eps", cond=labels)
         mass = float(mix.log_posterior(x)[:, c].exp().mean())
         print(f"class {c}, w = {w:+.0f}: mass of the class {mass:.3f} ({info.nfe} guided calls)")
         ax = axes[c, j]
@@ -133,14 +133,14 @@ for w in digit_weights:
     guided = classifier_free_guidance(digit_model, w=w)
     if w >= 8:
         guided = thresholded(guided, sde, "eps")  # keeps x0-hat in [-1, 1] at a large weight
-    x, _ = sdekit.sample(guided, sde, x_T, steps=25, prediction="eps", cond=labels)
+    x, _ = sdekit.sample(guided, sde, x_T, steps=20, prediction="eps", cond=labels)
     accuracy = float((torch.from_numpy(judge.predict(x.numpy())) == labels).float().mean())
     print(
         f"digits, w = {w:g}: judge accuracy {accuracy:.3f}, pixel range [{x.min():.2f}, {x.max():.2f}]"
     )
     columns.append(x.reshape(10, n_digit, 8, 8)[:, :4])
 
-fig2, axes2 = plt.subplots(1, len(digit_weights), figsize=(10, 8))
+fig2, axes2 = plt.subplots(1, len(digit_weights), figsize=(10, 6.6))
 for ax, w, block in zip(axes2, digit_weights, columns, strict=True):
     # rows: the digits 0-9; in each row, four samples side by side, one blank pixel apart
     canvas = torch.full((10 * 9 + 1, 4 * 9 + 1), -1.0, dtype=F64)
