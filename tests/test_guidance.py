@@ -3,6 +3,8 @@ guidance, their options, and guided sampling through every sampler, SDE and pred
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import PlainLinearSDE
@@ -18,13 +20,13 @@ from sdekit.guidance import (
     null_labels,
     rescale,
 )
-from sdekit.linear import EDMSDE, VESDE, VPSDE, SubVPSDE
+from sdekit.linear import EDMSDE, OUSDE, VESDE, VPSDE, SubVPSDE
 from sdekit.metrics import sliced_w1
 from sdekit.mixture import GaussianMixture
 from sdekit.networks import MLP
 from sdekit.parameterization import PREDICTIONS, from_score, to_eps, to_score, to_x0
 from sdekit.sampling import SAMPLERS, sample
-from sdekit.sde import broadcast_to_data
+from sdekit.sde import SDE, broadcast_to_data
 from sdekit.thresholding import thresholded
 
 F64 = torch.float64
@@ -296,6 +298,54 @@ def test_guided_sampling_on_every_sde_and_prediction(name, prediction, guidance)
     x, info = sample(model, sde, x_T, steps=25, prediction=prediction, cond=y, generator=_gen(3))
     assert info.nfe == 25
     assert sliced_w1(x, target, 32, generator=_gen(7)) < 2 * _floor(target, 4000)
+
+
+class HandOU(SDE):
+    """An Ornstein-Uhlenbeck SDE written by hand (drift and diffusion only, no marginal)."""
+
+    def __init__(self):
+        super().__init__(T=2.0, t_min=1e-3)
+
+    def drift(self, x, t):
+        return -0.8 * x
+
+    def diffusion(self, x, t):
+        return torch.full_like(t, 1.2)
+
+    def prior_sample(self, shape, *, generator=None, device=None, dtype=torch.float32):
+        return (1.2 / math.sqrt(1.6)) * torch.randn(shape, generator=generator, dtype=dtype)
+
+
+def test_guidance_on_a_hand_written_sde():
+    """A general SDE (no closed-form marginal) with Euler-Maruyama: neither transform needs a
+    marginal for a score model. Exact classifier guidance (the exact scores of the same OU SDE,
+    from the exact p_T(x | y), 100 steps of a quadratic grid) reaches the class law within 2x the
+    floor (measured 1.0x); CFG at w = 0.5 takes the same path as classifier guidance at s = 1.5."""
+    exact = OUSDE(theta=0.8, g=1.2, T=2.0)
+    target = MIX.class_mixture(1)
+    y = torch.ones(N, dtype=torch.long)
+
+    def run(model, n=N, steps=100):
+        x_T = target.sample(n, exact.T, exact, generator=_gen(9))  # the exact p_T(x | y)
+        gen = _gen(10)
+        x, _ = sample(
+            model,
+            HandOU(),
+            x_T,
+            method="em",
+            steps=steps,
+            grid="quadratic",
+            cond=y[:n],
+            generator=gen,
+        )
+        return x
+
+    cg = classifier_guidance(MIX.score_fn(exact), MIX.classifier_fn(exact), scale=1.0)
+    assert sliced_w1(run(cg), target, 32, generator=_gen(7)) < 2 * _floor(target)
+    cfg = classifier_free_guidance(MIX.conditional_score_fn(exact), w=0.5)
+    cg15 = classifier_guidance(MIX.score_fn(exact), MIX.classifier_fn(exact), scale=1.5)
+    torch.testing.assert_close(run(cfg, 200, 40), run(cg15, 200, 40), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(run(cfg, 200, 40), run(cg, 200, 40), atol=1e-3)
 
 
 def test_the_mass_of_the_requested_class_rises_monotonically_with_w():
