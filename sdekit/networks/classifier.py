@@ -29,10 +29,9 @@ def _check_classes(num_classes: int) -> int:
 class UNetClassifier(nn.Module):
     r"""The UNet's encoder (down path and middle block) with a pooled linear head.
 
-    Args:
-        num_classes: number of classes (>= 2).
-        in_channels, image_size, base_channels, channel_mults, num_res_blocks, attn_resolutions,
-        dropout, embedding: as for :class:`~sdekit.networks.UNet`.
+    ``num_classes`` (>= 2) is the number of classes; the other arguments (``in_channels``,
+    ``image_size``, ``base_channels``, ``channel_mults``, ``num_res_blocks``,
+    ``attn_resolutions``, ``dropout``, ``embedding``) are those of :class:`~sdekit.networks.UNet`.
     """
 
     def __init__(

@@ -90,7 +90,7 @@ class LabelEmbedding(nn.Module):
     the learned null embedding, selected by :data:`NULL_LABEL`; in training mode each label is
     replaced by :data:`NULL_LABEL` independently with probability ``p_uncond`` (drawn from the global
     generator, which the trainer seeds and checkpoints), so one network learns both
-    :math:`arepsilon(x, t, y)` and the unconditional :math:`arepsilon(x, t, arnothing)`. In eval
+    :math:`\varepsilon(x, t, y)` and the unconditional :math:`\varepsilon(x, t, \varnothing)`. In eval
     mode labels pass unchanged.
 
     Args:
