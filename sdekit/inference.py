@@ -247,6 +247,10 @@ def load_model(
     if path.is_dir() and (path / "diffusion_pytorch_model.safetensors").is_file():
         return _load_exported(path, device, sde, model)
     state = load_checkpoint(path, map_location=device)
+    if "kind" in state:  # e.g. a noise-conditional classifier's (sdekit.classifier)
+        raise CheckpointError(
+            f"{path} is the checkpoint of a {state['kind']}, not of a score network"
+        )
     require_keys(state, ("config", "data_shape", "num_classes", "model", "ema"), path)
     config = TrainConfig.from_dict(state["config"])
     shape = tuple(state["data_shape"])
