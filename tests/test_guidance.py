@@ -168,6 +168,31 @@ def test_cfg_is_one_batched_call_of_eq_6():
     torch.testing.assert_close(classifier_free_guidance(net, guidance_scale=3.5)(x, t, y), out)
 
 
+@pytest.mark.parametrize("method, steps", [("dpmpp_2m", 5), ("heun", 3), ("euler_maruyama", 4)])
+def test_info_nfe_counts_guided_calls_of_one_2b_network_call_each(method, steps):
+    net = _conditional_mlp()
+    batches = []
+
+    def model(x, t, labels):
+        batches.append(x.shape[0])
+        return net(x, t, labels)
+
+    y = torch.randint(0, 3, (8,), generator=_gen(0))
+    x_T = torch.randn(8, 2, generator=_gen(1), dtype=F64)
+    with torch.no_grad():
+        _, info = sample(
+            classifier_free_guidance(model, w=1.5),
+            VPSDE(),
+            x_T,
+            method=method,
+            steps=steps,
+            prediction="eps",
+            cond=y,
+            generator=_gen(2),
+        )
+    assert info.nfe == len(batches) and set(batches) == {16}
+
+
 @settings(derandomize=True, deadline=None, max_examples=40)
 @given(
     alpha=st.floats(0.01, 1.0),
