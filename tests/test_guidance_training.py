@@ -3,14 +3,18 @@ the Trainer (checkpoint, EMA, bitwise resume), and the command line's guided sam
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from torch import nn
 
 from sdekit.builders import build_model
 from sdekit.checkpoint import CheckpointError
 from sdekit.classifier import ClassifierTrainer, load_classifier
 from sdekit.cli import main
 from sdekit.config import TrainConfig
+from sdekit.configurable import from_config
 from sdekit.inference import load_model
 from sdekit.linear import VPSDE
 from sdekit.networks import NULL_LABEL, UNetClassifier
@@ -44,7 +48,9 @@ def test_p_uncond_reaches_the_network_and_is_checked():
 
 
 def test_the_classifier_trains_through_the_trainer_and_resumes_bitwise(tmp_path):
-    straight = ClassifierTrainer(TrainConfig(**DIGITS, steps=4, out=str(tmp_path / "a")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the classifier describes itself to the checkpoint
+        straight = ClassifierTrainer(TrainConfig(**DIGITS, steps=4, out=str(tmp_path / "a")))
     assert isinstance(straight.model, UNetClassifier) and straight.model.num_classes == 10
     losses = straight.train()
     assert len(losses) == 4 and losses[0] == pytest.approx(2.3, abs=0.3)  # log 10 at the start
@@ -58,6 +64,8 @@ def test_the_classifier_trains_through_the_trainer_and_resumes_bitwise(tmp_path)
         assert torch.equal(p, q)  # the EMA weights, bitwise
     assert not trained.classifier.training and trained.num_classes == 10
     assert not any(p.name.startswith("samples") for p in (tmp_path / "b").iterdir())
+    rebuilt = from_config(straight.model.to_config(), nn.Module)
+    assert type(rebuilt) is UNetClassifier and rebuilt.to_config() == straight.model.to_config()
     with pytest.raises(CheckpointError, match="not of a score network"):
         load_model(tmp_path / "a" / "checkpoint.pt")
 
@@ -111,3 +119,12 @@ def test_guided_sampling_bad_input(runs, tmp_path, capsys, checkpoint, extra, me
     with pytest.raises(SystemExit):
         main([*argv, "--steps", "1", "--n", "2", "--device", "cpu"])
     assert message in capsys.readouterr().err
+
+
+def test_guided_sampling_is_refused_with_out_dir(runs, tmp_path, capsys):
+    # a sharded run's manifest does not record the guidance, so a resume could mix settings
+    argv = ["sample", "--checkpoint", runs["model"], "--out-dir", str(tmp_path / "shards")]
+    with pytest.raises(SystemExit):
+        main([*argv, "--guidance", "1", "--steps", "1", "--n", "2", "--device", "cpu"])
+    assert "not recorded in an --out-dir manifest" in capsys.readouterr().err
+    assert not (tmp_path / "shards").exists()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_batch_time
+from ..configurable import Configurable
 from .embeddings import GaussianFourierEmbedding, time_embedding
 from .unet import Attention, ResBlock, _norm
 
@@ -26,7 +27,7 @@ def _check_classes(num_classes: int) -> int:
     return num_classes
 
 
-class UNetClassifier(nn.Module):
+class UNetClassifier(nn.Module, Configurable):
     r"""The UNet's encoder (down path and middle block) with a pooled linear head.
 
     ``num_classes`` (>= 2) is the number of classes; the other arguments (``in_channels``,
@@ -103,7 +104,7 @@ class UNetClassifier(nn.Module):
         return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
 
 
-class MLPClassifier(nn.Module):
+class MLPClassifier(nn.Module, Configurable):
     r"""An MLP :math:`(x, t) \mapsto` logits for vector data ``(batch, dim)``: time enters as in
     :class:`~sdekit.networks.MLP` (Fourier features added before every hidden layer).
 
