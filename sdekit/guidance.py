@@ -81,7 +81,7 @@ from torch import nn
 from .conditioning import Cond, call_model, concat
 from .linear import LinearSDE
 from .networks.embeddings import NULL_LABEL, LabelEmbedding
-from .parameterization import check_prediction, from_score
+from .parameterization import Prediction, check_prediction, from_score
 from .sde import broadcast_to_data
 
 __all__ = [
@@ -326,7 +326,7 @@ def classifier_guidance(
     classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     scale: float,
-    prediction: str = "score",
+    prediction: Prediction = "score",
     sde: LinearSDE | None = None,
     conditional_model: bool = False,
     num_classes: int | None = None,
