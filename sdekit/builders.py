@@ -128,7 +128,10 @@ def build_model(
     from .networks import MLP, EDMPrecond, UNet
 
     if len(data_shape) == 1:
-        net = MLP(data_shape[0], config.hidden, config.depth, num_classes=num_classes)
+        net = MLP(
+            data_shape[0], config.hidden, config.depth, num_classes=num_classes,
+            p_uncond=config.p_uncond,
+        )  # fmt: skip
     elif len(data_shape) == 3 and data_shape[1] == data_shape[2]:
         side, levels = data_shape[1], len(config.channel_mults)
         if side % 2 ** (levels - 1):
@@ -147,6 +150,7 @@ def build_model(
             attn_resolutions=(side // 2 ** (levels - 1),),
             dropout=config.dropout,
             num_classes=num_classes,
+            p_uncond=config.p_uncond,
         )
     else:
         raise ValueError(f"data must be vectors (d,) or square images (C, H, H), got {data_shape}")

@@ -1,4 +1,5 @@
-r"""The command line: ``python -m sdekit train|train-control|sample|inpaint|likelihood|export ...``.
+r"""The command line: ``python -m sdekit COMMAND ...``: train, train-control, train-classifier,
+sample, inpaint, likelihood, export.
 
 ``train`` takes every :class:`~sdekit.config.TrainConfig` field as a flag (``--batch-size 128``,
 ``--ema-warmup/--no-ema-warmup``, ``--channel-mults 1 2 2``); values come from the defaults, then
@@ -21,6 +22,12 @@ completions.
 ``sample --checkpoint CONTROL.pt --hint-from IMAGES`` draws one sample per image from the hints of
 ``IMAGES`` (a ``.pt``/``.npy`` tensor or a folder of images, see
 :func:`sdekit.control.read_images`), drawn as rows of image, hint and sample.
+
+``train-classifier`` trains the noise-conditional classifier of classifier guidance on the same
+flags (:class:`~sdekit.classifier.ClassifierTrainer`); ``sample --guidance W`` draws with
+classifier-free guidance of weight :math:`w` (Ho & Salimans' convention, 0: the conditional model;
+diffusers' ``guidance_scale`` is :math:`1 + w`), ``--classifier PATH --classifier-scale S`` with
+classifier guidance (:mod:`sdekit.guidance`).
 """
 
 from __future__ import annotations
@@ -34,12 +41,16 @@ import typing
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from .builders import sample_prediction
 from .checks import check_choice
+from .classifier import ClassifierTrainer, load_classifier
 from .config import SAMPLE_THRESHOLDS, TrainConfig, config_field_types, read_config_file
 from .data import DATASETS, IMAGE_DATASETS, TOY_DATASETS, load_dataset
 from .distributed import init_process_group, resolve_device
 from .figures import outside_pixels_text, save_samples
+from .guidance import classifier_free_guidance, classifier_guidance
 from .inference import TrainedModel, export_model, load_model
 from .likelihood import DIVERGENCES, FIXED_GRID_METHODS
 from .presets import PRESETS, preset
@@ -167,7 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="a JSON or TOML file of TrainConfig fields (default: none)"
     )
     _add_config_flags(train)
-    train.set_defaults(run=_train, parser=train)
+    train.set_defaults(run=_train, parser=train, trainer=Trainer)
+    clf = sub.add_parser(
+        "train-classifier",
+        help="train the noise-conditional classifier of classifier guidance",
+        description="Train a classifier p(y | x_t, t) on x_t of --sde (the diffusion model's "
+        "SDE) with the data's labels, for sample --classifier; the network is sized by the same "
+        "flags as train's (an MLP or the UNet's encoder half). Flags override the --config file.",
+    )
+    clf.add_argument(
+        "--config", type=Path, help="a JSON or TOML file of TrainConfig fields (default: none)"
+    )
+    _add_config_flags(clf)
+    clf.set_defaults(run=_train, parser=clf, trainer=ClassifierTrainer)
     _add_control_parser(sub)
     smp = sub.add_parser(
         "sample",
@@ -232,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SAMPLE_THRESHOLDS,
         help="bound x0-hat in [-1, 1] at every step (sdekit.thresholding) (default: the run's "
         "sample_threshold: clip for the image presets, none otherwise)",
+    )
+    smp.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="classifier-free guidance weight w (Ho & Salimans: 0 is the conditional model; "
+        "diffusers' guidance_scale is 1 + w); needs a model trained with --p-uncond > 0 "
+        "(default: none)",
+    )
+    smp.add_argument(
+        "--classifier",
+        type=Path,
+        metavar="PATH",
+        help="the checkpoint.pt of a train-classifier run on the same SDE: classifier guidance "
+        "(default: none)",
+    )
+    smp.add_argument(
+        "--classifier-scale",
+        type=float,
+        metavar="S",
+        help="classifier guidance scale s (default: 1.0 with --classifier)",
     )
     smp.set_defaults(run=_sample, parser=smp)
 
@@ -362,12 +406,11 @@ def _train_control(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    values = {
-        k: v for k, v in vars(args).items() if k not in ("command", "config", "run", "parser")
-    }
+    skip = ("command", "config", "run", "parser", "trainer")
+    values = {k: v for k, v in vars(args).items() if k not in skip}
     try:
         config = train_config(values, args.config)
-        trainer = Trainer(config)
+        trainer = args.trainer(config)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if trainer.rank == 0:
@@ -456,11 +499,20 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         elif args.hint_from is not None:
             raise ValueError("--hint-from writes one --out file; it takes no --out-dir")
         get_sampler(args.method)
+        if args.classifier_scale is not None and args.classifier is None:
+            raise ValueError("--classifier-scale needs --classifier PATH")
+        if args.out_dir is not None and (args.guidance, args.classifier) != (None, None):
+            raise ValueError(
+                "--guidance and --classifier are not recorded in an --out-dir manifest yet: "
+                "sample a guided model with --out"
+            )
         if args.hint_from is not None:
+            if (args.guidance, args.classifier) != (None, None):
+                raise ValueError("--guidance and --classifier do not apply to --hint-from")
             return _sample_control(args, out)
         if args.base is not None or args.scale != 1.0:
             raise ValueError("--base and --scale are for a ControlNet checkpoint, with --hint-from")
-        trained = _start(args)
+        trained = _guided(_start(args), args)
         n = 64 if args.n is None else args.n
         options = dict(
             seed=args.seed, method=args.method, steps=args.steps, label=args.label,
@@ -728,6 +780,57 @@ def _save_grid(images: torch.Tensor, path: Path) -> None:
     ax.axis("off")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+class _Guided(nn.Module):
+    """A guided model as a module holding the network (so its device and parameters are found)."""
+
+    def __init__(self, net: nn.Module, guided):
+        super().__init__()
+        self.net, self.guided = net, guided
+
+    def forward(self, x, t, cond=None):
+        return self.guided(x, t, cond)
+
+
+def _guided(trained: TrainedModel, args: argparse.Namespace) -> TrainedModel:
+    """``trained`` with ``--guidance`` and ``--classifier`` applied (unchanged without them)."""
+    if args.guidance is None and args.classifier is None:
+        return trained
+    model, num_classes = trained.model, trained.num_classes
+    if args.guidance is not None:
+        try:
+            model = classifier_free_guidance(model, w=args.guidance)
+        except ValueError as e:
+            raise ValueError(f"--guidance: {e}") from None
+    if args.classifier is not None:
+        device = next(trained.model.parameters()).device
+        clf = load_classifier(args.classifier, device=device)
+        mismatch = [
+            f"{what} {a!r} (model: {b!r})"
+            for what, a, b in (
+                ("sde", clf.config.sde, trained.config.sde),
+                ("data shape", clf.data_shape, trained.data_shape),
+                ("classes", clf.num_classes, num_classes or clf.num_classes),
+            )
+            if a != b
+        ]
+        if mismatch:
+            raise ValueError(
+                f"--classifier {args.classifier} was trained with {', '.join(mismatch)}: train "
+                "it on the model's data and SDE"
+            )
+        scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+        try:
+            model = classifier_guidance(
+                model, clf.classifier, scale=scale, prediction=sample_prediction(trained.config),
+                sde=trained.sde, conditional_model=num_classes is not None,
+                num_classes=clf.num_classes,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"--classifier-scale: {e}") from None
+        num_classes = clf.num_classes
+    return trained._replace(model=_Guided(trained.model, model), num_classes=num_classes)
 
 
 def main(argv: list[str] | None = None) -> int:

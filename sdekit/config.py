@@ -83,6 +83,11 @@ class TrainConfig:
         "resize the images of data 'folder' to this square side (default: keep their size)", None
     )
     class_conditional: bool = _help("condition the network on the data set's labels", False)
+    p_uncond: float = _help(
+        "label-dropout probability to a learned null label, for classifier-free guidance "
+        "(class_conditional; Ho & Salimans use 0.1-0.2)",
+        0.0,
+    )
     sde: str = _help(f"forward SDE: one of {', '.join(SDES)}", "vp")
     prediction: str = _help(f"network output: one of {', '.join(TRAIN_PREDICTIONS)}", "eps")
     weighting: str = _help(
@@ -193,6 +198,13 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.p_uncond > 0 and not self.class_conditional:
+            raise ValueError(
+                "p_uncond drops the class labels of a class-conditional network: set "
+                "class_conditional=True, or p_uncond=0"
+            )
         for name in ("ema_decay", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")

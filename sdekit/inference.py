@@ -270,6 +270,10 @@ def load_model(
             f"{state['control']['base']}): load it with sdekit.control.load_controlled, or sample "
             "it with sample --hint-from IMAGES"
         )
+    if "kind" in state:  # e.g. a noise-conditional classifier's (sdekit.classifier)
+        raise CheckpointError(
+            f"{path} is the checkpoint of a {state['kind']}, not of a score network"
+        )
     require_keys(state, ("config", "data_shape", "num_classes", "model", "ema"), path)
     config = TrainConfig.from_dict(state["config"])
     shape = tuple(state["data_shape"])

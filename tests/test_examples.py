@@ -138,3 +138,19 @@ def test_controlnet_starts_at_the_base_and_reads_the_hint(tmp_path):
         for name in (r"base \(no control\)", "ControlNet")
     )
     assert controlled_rmse < base_rmse
+
+
+def test_guidance_sharpens_every_class_and_the_digits(tmp_path):
+    out = run_example("plot_guidance", tmp_path)
+    masses = numbers(r"mass of the class ([\d.]+)", out)
+    assert len(masses) == 12  # three classes, w = -1, 0, 1, 4
+    for c in range(3):
+        m = masses[4 * c : 4 * c + 4]
+        assert m[0] < 0.45 and all(b > a for a, b in zip(m[:-1], m[1:], strict=True)), m
+        assert m[-1] > 0.99
+    accuracy = numbers(r"judge accuracy ([\d.]+)", out)
+    assert accuracy[0] > 0.9 and accuracy[1] >= accuracy[0] and accuracy[2] > 0.99  # w = 0, 1, 3
+    found = re.search(r"w = 8: judge accuracy [\d.]+, pixel range \[([-\d.]+), ([-\d.]+)\]", out)
+    assert found, out
+    lo, hi = (float(v) for v in found.groups())
+    assert -1.1 < lo and hi < 1.1  # thresholding keeps the samples in the data range

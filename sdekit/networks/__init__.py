@@ -1,6 +1,8 @@
-"""Score networks in pure PyTorch: an MLP for toy data, a DDPM++-style UNet, EDM preconditioning."""
+"""Networks in pure PyTorch: score networks (an MLP for toy data, a DDPM++-style UNet, EDM
+preconditioning) and the noise-conditional classifiers of classifier guidance."""
 
-from .embeddings import GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding
+from .classifier import MLPClassifier, UNetClassifier
+from .embeddings import NULL_LABEL, GaussianFourierEmbedding, LabelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
 from .preconditioning import EDMPrecond
 from .unet import UNet
@@ -12,4 +14,7 @@ __all__ = [
     "GaussianFourierEmbedding",
     "SinusoidalEmbedding",
     "LabelEmbedding",
+    "NULL_LABEL",
+    "UNetClassifier",
+    "MLPClassifier",
 ]

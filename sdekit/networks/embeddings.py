@@ -75,26 +75,90 @@ def time_embedding(kind: TimeEmbedding, dim: int) -> nn.Module:
     return EMBEDDINGS[check_choice("embedding", kind, EMBEDDINGS)](dim)
 
 
-class LabelEmbedding(nn.Module):
-    """Adds a learned class embedding to a conditioning vector (nothing if ``num_classes=None``).
+#: the label of "no class": classifier-free guidance's unconditional input. A network trained with
+#: label dropout (``p_uncond > 0``) embeds it with a learned row of its own (Ho & Salimans 2022, §3.2).
+NULL_LABEL = -1
 
-    A conditional model needs ``labels`` of shape ``(batch,)``; an unconditional one refuses them,
-    so a forgotten or misplaced label never passes silently.
+
+class LabelEmbedding(nn.Module):
+    r"""Adds a learned class embedding to a conditioning vector (nothing if ``num_classes=None``).
+
+    A conditional model needs integer ``labels`` of shape ``(batch,)`` in ``[0, num_classes)``; an
+    unconditional one refuses them, so a forgotten or misplaced label never passes silently.
+
+    **Label dropout** (Ho & Salimans 2022, Alg. 1): with ``p_uncond > 0`` the table has one more row,
+    the learned null embedding, selected by :data:`NULL_LABEL`; in training mode each label is
+    replaced by :data:`NULL_LABEL` independently with probability ``p_uncond`` (drawn from the global
+    generator, which the trainer seeds and checkpoints), so one network learns both
+    :math:`\varepsilon(x, t, y)` and the unconditional :math:`\varepsilon(x, t, \varnothing)`. In eval
+    mode labels pass unchanged.
+
+    Args:
+        num_classes: number of class labels, or ``None`` for an unconditional model.
+        dim: embedding width.
+        p_uncond: label-dropout probability in ``[0, 1)`` (0.1-0.2 in Ho & Salimans); needs classes.
     """
 
-    def __init__(self, num_classes: int | None, dim: int):
+    def __init__(self, num_classes: int | None, dim: int, p_uncond: float = 0.0):
         super().__init__()
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be None or >= 1, got {num_classes}")
+        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+            raise ValueError(f"num_classes must be None or an integer >= 1, got {num_classes}")
+        if not (math.isfinite(p_uncond) and 0 <= p_uncond < 1):
+            raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}")
+        if p_uncond > 0 and num_classes is None:
+            raise ValueError("p_uncond > 0 needs a class-conditional model (num_classes >= 1)")
         self.num_classes = num_classes
-        self.table = None if num_classes is None else nn.Embedding(num_classes, dim)
+        self.p_uncond = float(p_uncond)
+        rows = None if num_classes is None else num_classes + (p_uncond > 0)
+        self.table = None if rows is None else nn.Embedding(rows, dim)
+
+    @property
+    def has_null_label(self) -> bool:
+        """Whether :data:`NULL_LABEL` is accepted (a null row learned by label dropout)."""
+        return self.p_uncond > 0
+
+    def drop(self, labels: torch.Tensor) -> torch.Tensor:
+        """``labels`` with each entry replaced by :data:`NULL_LABEL` with probability ``p_uncond``."""
+        dropped = torch.rand(labels.shape, device=labels.device) < self.p_uncond
+        return torch.where(dropped, torch.full_like(labels, NULL_LABEL), labels)
+
+    def check_labels(self, labels: torch.Tensor | None, batch: int) -> None:
+        """Shape ``(batch,)``, an integer dtype, values in range (``ValueError`` naming ``labels``)."""
+        k = self.num_classes
+        if labels is None:
+            raise ValueError(
+                f"labels are required by this class-conditional model (num_classes={k}): "
+                "pass cond=labels of shape (batch,)"
+            )
+        if not isinstance(labels, torch.Tensor) or labels.shape != (batch,):
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
+            raise ValueError(f"labels must have shape (batch,) = ({batch},), got {shape}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        ok = (labels >= 0) & (labels < k)
+        allowed = f"[0, {k})"
+        if self.has_null_label:
+            ok |= labels == NULL_LABEL
+            allowed += f" or NULL_LABEL = {NULL_LABEL}"
+        elif labels.device.type == "cpu" and bool((labels == NULL_LABEL).any()):
+            raise ValueError(
+                f"labels contain NULL_LABEL = {NULL_LABEL}, but this model has no null label: it "
+                "was built with p_uncond = 0 (train with p_uncond > 0 for classifier-free guidance)"
+            )
+        message = f"labels must lie in {allowed}"
+        if labels.device.type == "cpu":
+            if not bool(ok.all()):
+                raise ValueError(f"{message}, got {labels[~ok][:4].tolist()}")
+        else:
+            torch._assert_async(ok.all(), message)
 
     def forward(self, cond: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.table is None:
             if labels is not None:
                 raise ValueError("labels were given to an unconditional model (num_classes=None)")
             return cond
-        if labels is None or labels.shape != (cond.shape[0],):
-            shape = None if labels is None else tuple(labels.shape)
-            raise ValueError(f"labels must have shape (batch,) = ({cond.shape[0]},), got {shape}")
-        return cond + self.table(labels).to(cond.dtype)
+        self.check_labels(labels, cond.shape[0])
+        if self.training and self.p_uncond > 0:
+            labels = self.drop(labels)
+        rows = torch.where(labels == NULL_LABEL, self.num_classes, labels)
+        return cond + self.table(rows).to(cond.dtype)

@@ -27,6 +27,8 @@ class MLP(nn.Module, Configurable):
         num_classes: number of class labels, or ``None`` for an unconditional model.
         out_dim: output width; ``None`` for ``dim`` (``2 * dim`` for
             :class:`~sdekit.elbo.LearnedVariance`).
+        p_uncond: label-dropout probability for classifier-free guidance (a learned null label,
+            see :class:`~sdekit.networks.LabelEmbedding`); 0 for none.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class MLP(nn.Module, Configurable):
         time_features: int = 16,
         num_classes: int | None = None,
         out_dim: int | None = None,
+        p_uncond: float = 0.0,
     ):
         super().__init__()
         if depth < 1:
@@ -45,7 +48,8 @@ class MLP(nn.Module, Configurable):
         self.time = nn.Sequential(
             GaussianFourierEmbedding(time_features), nn.Linear(time_features, hidden)
         )
-        self.label = LabelEmbedding(num_classes, hidden)
+        self.num_classes = num_classes
+        self.label = LabelEmbedding(num_classes, hidden, p_uncond)
         self.inp = nn.Linear(dim, hidden)
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.out = nn.Linear(hidden, dim if out_dim is None else out_dim)

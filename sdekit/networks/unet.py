@@ -103,6 +103,8 @@ class UNet(nn.Module, Configurable):
         num_classes: number of class labels, or ``None`` for an unconditional model.
         out_channels: output channels; ``None`` for ``in_channels`` (``2 * in_channels`` for
             :class:`~sdekit.elbo.LearnedVariance`).
+        p_uncond: label-dropout probability for classifier-free guidance (a learned null label,
+            see :class:`~sdekit.networks.LabelEmbedding`); 0 for none.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class UNet(nn.Module, Configurable):
         embedding: str = "fourier",
         num_classes: int | None = None,
         out_channels: int | None = None,
+        p_uncond: float = 0.0,
     ):
         super().__init__()
         if not channel_mults or min(channel_mults) < 1:
@@ -147,7 +150,8 @@ class UNet(nn.Module, Configurable):
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),
         )
-        self.label = LabelEmbedding(num_classes, emb_dim)
+        self.num_classes = num_classes
+        self.label = LabelEmbedding(num_classes, emb_dim, p_uncond)
 
         def attn(ch: int, res: int) -> nn.Module:
             return Attention(ch) if res in attn_resolutions else nn.Identity()
