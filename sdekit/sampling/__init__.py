@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     learned_variance,
     ode,
     predictor_corrector,
+    unipc,
 )
 from .api import SampleInfo, list_samplers, sample
 from .grids import GRIDS, time_grid

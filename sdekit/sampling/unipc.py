@@ -33,9 +33,12 @@ A square system is solved exactly and :math:`B(h)` cancels. Where there is one c
 ``"bh1"`` is :math:`B(h) = h`, ``"bh2"`` is :math:`B(h) = 1 - e^{-h}` (the paper's
 :math:`e^{h} - 1` with its data-prediction sign; with it UniP-2 is DPM-Solver++(2M)).
 
-Orders warm up from 1 on the first steps; ``lower_order_final`` lowers them on the last steps of
-grids shorter than 10 steps, as in :mod:`~sdekit.sampling.dpm_solver` (the reference code lowers them
-on every grid, which makes every order globally second order).
+Orders warm up from 1 on the first steps. ``final`` ends the run as in
+:mod:`~sdekit.sampling.dpm_solver`: ``"lower_order"`` (default; the reference code's and
+diffusers' choice) lowers the orders on the last steps, ``"full_order"`` keeps them (the convergence
+tests use it: the last step is then UniP-p, local error :math:`O(h^{p+1})`), ``"zero"`` adds the
+second-order step to :math:`\sigma = 0` (one more evaluation, which then also corrects the last
+step).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from ..checks import check_choice
 from ..linear import LinearSDE
 from ..parameterization import to_x0
 from ..sde import ScoreFn
-from .dpm_solver import _check_grid, _step_orders
+from .dpm_solver import Final, _check_grid, _step_orders, final_step_to_zero
 from .noise import NoiseSource
 from .registry import register, run_callback
 
@@ -75,20 +78,50 @@ def psi(m: int, h: torch.Tensor) -> torch.Tensor:
     return torch.where(h >= 1, rec, series)
 
 
-def _weights(r: list[torch.Tensor], h: torch.Tensor, B: torch.Tensor, simplified: bool):
+def _solve(r: list[torch.Tensor], h: torch.Tensor, B: torch.Tensor, simplified: bool):
     r"""The coefficients :math:`a_k = B(h)\rho_k` of the divided differences :math:`\Delta_k`.
 
-    ``r``: the node ratios (each ``(n,)``); solves :math:`\sum_k a_k r_k^{m-1} = m!\,\psi_m(h)`,
-    or :math:`a = B(h)/2` for a single node when ``simplified`` (UniP-2 and UniC-1).
+    ``r``: the node ratios (broadcastable tensors); solves
+    :math:`\sum_k a_k r_k^{m-1} = m!\,\psi_m(h)`, or :math:`a = B(h)/2` for a single node when
+    ``simplified`` (UniP-2 and UniC-1).
     """
     if not r:
         return []
     if simplified:
         return [0.5 * B]
-    R = torch.stack([torch.stack([rk ** (m - 1) for rk in r], -1) for m in range(1, len(r) + 1)], -2)
+    r = torch.broadcast_tensors(*r, h)[:-1]
+    R = torch.stack(
+        [torch.stack([rk ** (m - 1) for rk in r], -1) for m in range(1, len(r) + 1)], -2
+    )
     g = torch.stack([math.factorial(m) * psi(m, h) for m in range(1, len(r) + 1)], -1)
-    a = torch.linalg.solve(R, g)
-    return list(a.unbind(-1))
+    return list(torch.linalg.solve(R, g).unbind(-1))
+
+
+def unipc_weights(
+    h: torch.Tensor, r: list[torch.Tensor], variant: Variant = "bh1"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weights of one UniPC-p step (``p = len(r) + 1``), before the factor :math:`\alpha_{i+1}`.
+
+    ``h`` is the step in :math:`\lambda`, ``r`` the ratios :math:`r_k = (\lambda_{i-k} -
+    \lambda_i)/h < 0` of the ``p - 1`` previous nodes (broadcastable tensors). Returns ``pred``
+    ``(..., 3)``, the weights of :math:`D_i, D_{i-1}, D_{i-2}` in UniP-p, and ``corr`` ``(..., 4)``,
+    those of :math:`D_i, D_{i-1}, D_{i-2}, D_{i+1}` in UniC-p.
+    """
+    p = len(r) + 1
+    B = h if variant == "bh1" else -torch.expm1(-h)
+    psi0 = -torch.expm1(-h)
+    tables = []
+    for nodes, cols, simplified, width in (
+        (r, list(range(1, p)), p == 2, 3),
+        (r + [torch.ones_like(h)], list(range(1, p)) + [3], p == 1, 4),
+    ):
+        weights = [psi0] + [torch.zeros_like(h)] * (width - 1)
+        for a, rk, col in zip(_solve(nodes, h, B, simplified), nodes, cols, strict=True):
+            # a_k (D_k - D_i) / r_k
+            weights[col] = weights[col] + a / rk
+            weights[0] = weights[0] - a / rk
+        tables.append(torch.stack(torch.broadcast_tensors(*weights), -1))
+    return tables[0], tables[1]
 
 
 def unipc_coefficients(
@@ -96,42 +129,27 @@ def unipc_coefficients(
 ) -> dict[str, torch.Tensor]:
     r"""Float64 tables of the UniPC steps over ``ts`` with predictor orders ``orders``.
 
-    Returns ``keep`` ``(n,)`` (:math:`\sigma_{i+1}/\sigma_i`), ``pred`` ``(n, 3)`` (weights of
-    :math:`D_i, D_{i-1}, D_{i-2}` in the predictor, times :math:`\alpha_{i+1}`), ``corr`` ``(n, 4)``
-    (weights of :math:`D_i, D_{i-1}, D_{i-2}` and of the new :math:`D_{i+1}` in the corrector),
-    ``alpha`` and ``sigma`` on the grid. Step ``i`` uses the nodes ``i - 1, ..., i - orders[i] + 1``.
+    Returns ``keep`` ``(n,)`` (:math:`\sigma_{i+1}/\sigma_i`), ``pred`` ``(n, 3)`` and ``corr``
+    ``(n, 4)`` (:func:`unipc_weights` times :math:`\alpha_{i+1}`), ``alpha`` and ``sigma`` on the
+    grid. Step ``i`` uses the nodes ``i - 1, ..., i - orders[i] + 1``.
     """
     ts = ts.to(torch.float64).cpu()
     log_alpha, sigma = sde.log_alpha(ts), sde.sigma(ts)
     if not bool((sigma > 0).all()):
         raise ValueError("ts must end at a time with sigma > 0 (UniPC steps in log-SNR)")
     lam = 0.5 * sde.log_snr(ts)
-    n = ts.shape[0] - 1
     h = lam[1:] - lam[:-1]
-    B = h if variant == "bh1" else -torch.expm1(-h)
-    pred = torch.zeros(n, 3, dtype=torch.float64)
-    corr = torch.zeros(n, 4, dtype=torch.float64)
-    psi0 = -torch.expm1(-h)
+    pred, corr = [], []
     for i, p in enumerate(orders):
-        hi, Bi = h[i : i + 1], B[i : i + 1]
-        r = [(lam[i - k : i - k + 1] - lam[i : i + 1]) / hi for k in range(1, p)]
-        for table, nodes, simplified in (
-            (pred, r, p == 2),
-            (corr, r + [torch.ones_like(hi)], p == 1),
-        ):
-            a = _weights(nodes, hi, Bi, simplified)
-            table[i, 0] = psi0[i]
-            for k, (ak, rk) in enumerate(zip(a, nodes, strict=True)):
-                # a_k (D_k - D_i) / r_k; the corrector's new node (r = 1) is its last column
-                col = k + 1 if k < len(r) else 3
-                table[i, col] += (ak / rk)[0]
-                table[i, 0] -= (ak / rk)[0]
+        r = [(lam[i - k] - lam[i]) / h[i] for k in range(1, p)]
+        step_pred, step_corr = unipc_weights(h[i], r, variant)
+        pred.append(step_pred)
+        corr.append(step_corr)
     alpha = torch.exp(log_alpha)
-    keep = torch.exp(log_alpha[1:] - log_alpha[:-1] - h)
     return {
-        "keep": keep,
-        "pred": alpha[1:, None] * pred,
-        "corr": alpha[1:, None] * corr,
+        "keep": torch.exp(log_alpha[1:] - log_alpha[:-1] - h),
+        "pred": alpha[1:, None] * torch.stack(pred),
+        "corr": alpha[1:, None] * torch.stack(corr),
         "alpha": alpha,
         "sigma": sigma,
     }
@@ -145,15 +163,17 @@ def unipc_multistep(
     *,
     order: int = 3,
     variant: Variant = "bh1",
-    lower_order_final: bool = True,
+    final: Final = "lower_order",
     noise: NoiseSource | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     r"""UniPC-``order`` (UniP-p with UniC-p, ``variant`` B(h)) over ``ts``: one score call a step.
 
-    Integrates the probability-flow ODE from ``ts[0]`` to ``ts[-1]`` (see the module). ``callback(i,
-    x)`` sees the corrected state at ``ts[i + 1]``; a tensor it returns replaces the state (the
-    model evaluation that the next step uses is the predictor's, made before the callback).
+    Integrates the probability-flow ODE from ``ts[0]`` to ``ts[-1]`` (see the module); with
+    ``final="zero"`` it returns the estimate of :math:`x_0` after one more evaluation.
+    ``callback(i, x)`` sees the corrected state at ``ts[i + 1]``; a tensor it returns replaces the
+    state (the model evaluation that the next step uses is the predictor's, made before the
+    callback).
     """
     if not isinstance(sde, LinearSDE):
         raise ValueError(f"sde must be a LinearSDE (UniPC needs alpha, sigma), got {type(sde)}")
@@ -162,10 +182,11 @@ def unipc_multistep(
     check_choice("variant", variant, ("bh1", "bh2"))
     _check_grid(ts)
     steps = ts.shape[0] - 1
-    orders = _step_orders(steps, order, lower_order_final)
-    c = {k: v.to(device=x.device, dtype=x.dtype) for k, v in unipc_coefficients(
-        sde, ts, orders, variant
-    ).items()}
+    orders = _step_orders(steps, order, final)
+    c = {
+        k: v.to(device=x.device, dtype=x.dtype)
+        for k, v in unipc_coefficients(sde, ts, orders, variant).items()
+    }
     keep, pred, corr, alpha, sigma = c["keep"], c["pred"], c["corr"], c["alpha"], c["sigma"]
     t_batch = ts.to(device=x.device, dtype=x.dtype)
 
@@ -178,7 +199,7 @@ def unipc_multistep(
         x_pred = base
         for j in range(orders[i]):
             x_pred = x_pred + pred[i, j] * history[j]
-        if i == steps - 1:
+        if i == steps - 1 and final != "zero":
             x = x_pred
         else:
             d_new = data_prediction(x_pred, i + 1)
@@ -188,4 +209,22 @@ def unipc_multistep(
             history.insert(0, d_new)
             del history[3:]
         x = run_callback(callback, i, x)
+    if final == "zero":
+        # the corrector of the last step used D at the predicted end point, the step to zero
+        # extrapolates from the data predictions at the last two grid points
+        x = final_step_to_zero(x, history[0], history[1], sde, ts)
     return x
+
+
+_PAPER = "Zhao et al. 2023, UniPC (arXiv:2302.04867)"
+_FAMILY = {"stochastic": False, "needs_marginal": True, "evals_per_step": 1, "default_grid": "logsnr"}
+# UniC-p makes UniPC-p of order p + 1 (Theorem 3.2): measured 3.8 for UniPC-3 (128-1024 steps)
+# and 2.9-3.2 for UniPC-2 on the exact flow map of a Gaussian. (The warm-up's UniC-1 first step is
+# third order locally, so on very fine grids the slope would fall to 3; its error constant, D''
+# at T, is tiny.)
+register("unipc", aliases=("UniPC",), order=4, paper=_PAPER + ", UniPC-3 (bh2)",
+         fixed={"order": 3, "variant": "bh2"}, **_FAMILY)(unipc_multistep)  # fmt: skip
+register("unipc_bh1", aliases=("UniPC bh1",), order=4, paper=_PAPER + ", UniPC-3 (bh1)",
+         fixed={"order": 3, "variant": "bh1"}, **_FAMILY)(unipc_multistep)  # fmt: skip
+register("unipc_2", aliases=("UniPC-2",), order=3, paper=_PAPER + ", UniPC-2 (bh2)",
+         fixed={"order": 2, "variant": "bh2"}, **_FAMILY)(unipc_multistep)  # fmt: skip
