@@ -139,17 +139,18 @@ def unipc_coefficients(
         raise ValueError("ts must end at a time with sigma > 0 (UniPC steps in log-SNR)")
     lam = 0.5 * sde.log_snr(ts)
     h = lam[1:] - lam[:-1]
-    pred, corr = [], []
-    for i, p in enumerate(orders):
+    pred = torch.zeros(len(orders), 3, dtype=torch.float64)
+    corr = torch.zeros(len(orders), 4, dtype=torch.float64)
+    order = torch.tensor(orders)
+    for p in set(orders):  # the steps of one order at once
+        i = torch.nonzero(order == p)[:, 0]
         r = [(lam[i - k] - lam[i]) / h[i] for k in range(1, p)]
-        step_pred, step_corr = unipc_weights(h[i], r, variant)
-        pred.append(step_pred)
-        corr.append(step_corr)
+        pred[i], corr[i] = unipc_weights(h[i], r, variant)
     alpha = torch.exp(log_alpha)
     return {
         "keep": torch.exp(log_alpha[1:] - log_alpha[:-1] - h),
-        "pred": alpha[1:, None] * torch.stack(pred),
-        "corr": alpha[1:, None] * torch.stack(corr),
+        "pred": alpha[1:, None] * pred,
+        "corr": alpha[1:, None] * corr,
         "alpha": alpha,
         "sigma": sigma,
     }
