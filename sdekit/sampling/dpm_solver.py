@@ -58,11 +58,13 @@ their "3M" second order. sdekit's third-order step turns into DPM-Solver++(2M) b
 with :math:`\hat h = (1+\eta)h` the step in the scale of the kernel. As :math:`1 - \theta = O(h^4)`
 and the two steps differ by :math:`O(h^3)`, the local error stays :math:`O(h^4)`: order 3
 (measured 3.1-3.5). The fourth power keeps the full term up to :math:`h \approx 0.25`, where smooth
-data gain from it, and removes it by :math:`h \approx 0.6`. Measured over the uniform, EDM, log-SNR
-and quadratic grids at 5-25 steps on the benchmark's narrow-mode targets, the ratio of its error to
-2M's lies in 0.80-1.05 (the full term: up to 2.2 on the uniform grid, the reference's half term:
-up to 2.3), and on a single Gaussian at 64 steps it is 3 times less accurate than the full term but
-5 times more than 2M (``docs/guide/fast_samplers.rst``).
+data gain from it, and removes it by :math:`h \approx 0.6`. Measured as the mean distance to a fine
+solve over the uniform, EDM, log-SNR and quadratic grids at 5-25 steps on the benchmark's
+narrow-mode targets, its error is 0.72-1.07 times 2M's in 1D and 0.93-1.11 in 2D, where the full
+term reaches 2.8 and 4.0 times and the reference's half term 2.1 and 3.5 (EDM and log-SNR grids,
+8-15 steps) and 7-22 on the uniform grid from 10 steps, where it keeps third order on the long last
+step. On a single Gaussian at 64 log-SNR steps the blended step is 2-3 times less accurate than the
+full term and 8-25 times more accurate than 2M (``docs/guide/fast_samplers.rst``).
 
 **The last step.** Near :math:`t_{\min}` the data prediction saturates (:math:`D` tends to the
 sample as :math:`\lambda \to \infty`), so extrapolating its slope from earlier, noisier points
