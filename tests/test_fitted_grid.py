@@ -33,7 +33,7 @@ def test_recovers_the_optimal_grid_of_a_gaussian(method, steps, candidates, subs
     )
     lattice = time_grid(sde, candidates * substeps, "logsnr")
     last = len(lattice) - 1
-    fn = get_sampler(method).fn
+    fn = get_sampler(method)
 
     def criterion(index):
         out = fn(score, sde, x, lattice[list(index)], noise=NoiseSource())

@@ -390,3 +390,33 @@ def test_final_choices_through_the_entry_point():
         assert info.nfe == nfe and bool(torch.isfinite(x).all())
     with pytest.raises(ValueError, match="final"):
         sample(MIX_2D.score_fn(sde), sde, (16, 2), method="dpmpp_2m", steps=8, final="last")
+
+
+def test_final_auto_lowers_long_last_steps_and_keeps_short_ones():
+    """final="auto": the last steps are the blend w * full order + (1 - w) * lowered, with
+    w = 1 / (1 + (h / 0.4)^4), h the step in lambda; every earlier step is the same either way."""
+    sde = VPSDE(beta_min=0.1, beta_max=20.0, T=1.0, t_min=1e-3)
+    for steps, grid in [(8, "edm"), (400, "logsnr")]:
+        ts = time_grid(sde, steps, grid)
+        lam = 0.5 * sde.log_snr(ts)
+        expected = 1 / (1 + ((lam[1:] - lam[:-1]) / 0.4) ** 4)
+        torch.testing.assert_close(dpm_solver.final_weight(ts, sde, "auto"), expected)
+        torch.testing.assert_close(
+            dpm_solver.final_weight(ts, sde, "auto", eta=1.0),
+            1 / (1 + (2 * (lam[1:] - lam[:-1]) / 0.4) ** 4),
+        )
+        x = torch.randn(64, 1, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
+        out = {
+            final: dpmpp_multistep(NARROW.score_fn(sde), sde, x, ts, order=3, final=final)
+            for final in ("auto", "lower_order", "full_order")
+        }
+        if grid == "edm":  # last steps h = 1.7, 2.2 (w < 0.004): all but lowered
+            assert float((out["auto"] - out["lower_order"]).abs().max()) < 0.03 * float(
+                (out["full_order"] - out["lower_order"]).abs().max()
+            )
+        else:  # h = 0.024 (w > 0.9999): the full order is kept
+            assert float((out["auto"] - out["full_order"]).abs().max()) < 1e-3 * float(
+                (out["full_order"] - out["lower_order"]).abs().max()
+            )
+    with pytest.raises(ValueError, match="final"):
+        dpm_solver.final_weight(ts, sde, "last")

@@ -71,7 +71,13 @@ sample as :math:`\lambda \to \infty`), so extrapolating its slope from earlier, 
 overshoots, most on grids whose last step is long in :math:`\lambda` (uniform in :math:`t`, EDM).
 ``final`` chooses how a run ends:
 
-- ``"lower_order"`` (default): the orders ramp down on the last steps (..., 3, 2, 1), on every
+- ``"auto"`` (default): each of the last steps is the blend
+  :math:`w\,\text{full order} + (1 - w)\,\text{lowered}` with :math:`w = 1/(1 + (\hat h/h_\star)^4)`,
+  the weight of the third-order blend above: a long last step (every grid at 5-20 steps from
+  :math:`t_{\min} = 10^{-3}` on VP, :math:`\hat h > 1`) is lowered, a short one (fine grids)
+  keeps the method's order, so the default keeps the declared order to :math:`t_{\min}` (UniPC-3
+  measures 4.3 with it, 2.9 with ``"lower_order"``).
+- ``"lower_order"``: the orders ramp down on the last steps (..., 3, 2, 1), on every
   grid, as the UniPC reference code and diffusers do (the DPM-Solver reference does it below 10
   steps only, which makes the error jump between 9 and 10 steps).
 - ``"full_order"``: every step at the method's order; the global order is then the method's all the
@@ -85,8 +91,9 @@ overshoots, most on grids whose last step is long in :math:`\lambda` (uniform in
   - \tilde\sigma_N^2)`, is Tweedie's step (:func:`sdekit.sample`'s ``denoise_final``) plus a
   correction of order :math:`\tilde\sigma_N^2`. It returns an estimate of :math:`x_0`.
 
-Measured at 5-20 evaluations (``docs/guide/fast_samplers.rst``), ``"lower_order"`` is the most
-accurate: an evaluation spent on a step beats one spent on Tweedie's step or the step to zero.
+Measured at 5-20 evaluations (``docs/guide/fast_samplers.rst``), ``"auto"`` and ``"lower_order"``
+agree within 2 % and are the most accurate: an evaluation spent on a step beats one spent on
+Tweedie's step or the step to zero.
 """
 
 from __future__ import annotations
@@ -104,8 +111,8 @@ from ..sde import ScoreFn
 from .noise import NoiseSource
 from .registry import register, run_callback
 
-Final = Literal["lower_order", "full_order", "zero"]
-FINALS = ("lower_order", "full_order", "zero")
+Final = Literal["auto", "lower_order", "full_order", "zero"]
+FINALS = ("auto", "lower_order", "full_order", "zero")
 # The step (in the kernel's scale) around which the third-order step turns into 2M (module doc).
 H_STAR = 0.4
 BLEND_POWER = 4
@@ -122,13 +129,26 @@ def _check_grid(ts: torch.Tensor) -> None:
         torch._assert_async(ok, "ts must be strictly decreasing and end at a time >= 0")
 
 
-def _step_orders(steps: int, order: int, final: Final) -> list[int]:
-    """Order of each step: warm-up from 1 and, for ``final="lower_order"``, back down to 1."""
+def _step_orders(steps: int, order: int, final: Final) -> tuple[list[int], list[int]]:
+    """Orders of each step at full order (warm-up from 1) and lowered on the last steps."""
     check_choice("final", final, FINALS)
-    orders = [min(order, i + 1) for i in range(steps)]
-    if final == "lower_order":
-        orders = [min(q, steps - i) for i, q in enumerate(orders)]
-    return orders
+    full = [min(order, i + 1) for i in range(steps)]
+    return full, [min(q, steps - i) for i, q in enumerate(full)]
+
+
+def final_weight(ts: torch.Tensor, sde: LinearSDE, final: Final, eta: float = 0.0) -> torch.Tensor:
+    r"""Weight ``(n,)`` of the full-order step against the lowered one on each step (module doc):
+    1 for ``"full_order"`` and ``"zero"``, 0 for ``"lower_order"``, and for ``"auto"``
+    :math:`1/(1 + (\hat h/h_\star)^4)`, so long last steps are lowered, short ones keep the order.
+    """
+    check_choice("final", final, FINALS)
+    ts = ts.to(torch.float64)
+    noisy = sde.sigma(ts) > 0
+    lam = 0.5 * sde.log_snr(torch.where(noisy, ts, ts[0]))
+    hh = (1 + eta) * torch.where(noisy[1:], lam[1:] - lam[:-1], torch.full_like(lam[1:], math.inf))
+    if final == "auto":
+        return 1 / (1 + (hh / H_STAR) ** BLEND_POWER)
+    return torch.full_like(hh, 0.0 if final == "lower_order" else 1.0)
 
 
 def final_step_to_zero(
@@ -138,7 +158,7 @@ def final_step_to_zero(
 
     ``d_last`` is the data prediction at the state ``x`` at ``ts[-1]``, ``d_prev`` the one at
     ``ts[-2]``; returns :math:`D_N + (D_N - D_{N-1})\,\tilde\sigma_N^2/(\tilde\sigma_{N-1}^2
-    - \tilde\sigma_N^2)` with :math:`\tilde\sigma^2 = e^{-\lambda}` (module doc).
+    - \tilde\sigma_N^2)` with :math:`\tilde\sigma^2 = \sigma^2/\alpha^2 = e^{-2\lambda}` (module doc).
     """
     s2 = torch.exp(-sde.log_snr(ts[-2:].to(torch.float64)))
     w = (s2[1] / (s2[0] - s2[1])).to(x.dtype)
@@ -223,7 +243,7 @@ def dpmpp_multistep(
     order: int,
     eta: float = 0.0,
     noise: NoiseSource | None = None,
-    final: Final = "lower_order",
+    final: Final = "auto",
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     r"""Multistep DPM-Solver++ of ``order`` 1, 2 or 3 with stochasticity ``eta`` (see the module).
@@ -249,8 +269,11 @@ def dpmpp_multistep(
         raise ValueError("noise must be given when eta > 0")
     _check_grid(ts)
     steps = ts.shape[0] - 1
-    orders = _step_orders(steps, order, final)
-    a, c, n, alpha, sigma = (v.to(x.dtype) for v in _coefficients(sde, ts, orders, eta))
+    orders, lowered = _step_orders(steps, order, final)
+    a, c, n, alpha, sigma = _coefficients(sde, ts, orders, eta)
+    weight = final_weight(ts, sde, final, eta)[:, None]
+    c = weight * c + (1 - weight) * _coefficients(sde, ts, lowered, eta)[1]
+    a, c, n, alpha, sigma = (v.to(x.dtype) for v in (a, c, n, alpha, sigma))
     if final == "zero" and not bool(sigma[-1] > 0):
         raise ValueError('final="zero" needs a grid ending where sigma > 0 (it takes that step)')
     t_batch = ts.to(x.dtype)

@@ -168,8 +168,8 @@ def _dynamic_programme(
         return _distance(out, X[ls].unsqueeze(0), data_dims).to(torch.float64)
 
     uni = kind == "unipc"
-    last_order = 1 if final == "lower_order" else 2
-    # cost1[k, l]: first-order step (the warm-up from T, or the last step of "lower_order")
+    last_order = 2 if final in ("full_order", "zero") else 1
+    # cost1[k, l]: first-order step (the warm-up from T, or the lowered last step)
     first = torch.full((M + 1, M + 1), float("inf"), dtype=torch.float64)
     first[0, 1:] = step(0, torch.arange(1, M + 1), None, uni)[0]
     # pair[j, k, l]: second-order step k -> l after j; last[j, k]: the last step k -> M
@@ -264,12 +264,12 @@ def fit_grid(
     X, D = _teacher(score, sde, x_T, lattice, teacher_substeps)
     target = X[-1]
     data_dims = x_T.ndim - 1
-    final = options.get("final", "lower_order")
+    final = options.get("final", "auto")
     family = _FAMILY.get(spec.name)
     noise = NoiseSource()
 
     def criterion(ts: torch.Tensor) -> float:
-        out = spec.fn(score, sde, x_T, ts, noise=noise, **options)
+        out = spec(score, sde, x_T, ts, noise=noise, **options)
         return float(_distance(out, target, data_dims))
 
     default = time_grid(sde, steps, spec.default_grid, t_min=t_min, device=x_T.device)

@@ -34,11 +34,12 @@ A square system is solved exactly and :math:`B(h)` cancels. Where there is one c
 :math:`e^{h} - 1` with its data-prediction sign; with it UniP-2 is DPM-Solver++(2M)).
 
 Orders warm up from 1 on the first steps. ``final`` ends the run as in
-:mod:`~sdekit.sampling.dpm_solver`: ``"lower_order"`` (default; the reference code's and
-diffusers' choice) lowers the orders on the last steps, ``"full_order"`` keeps them (the convergence
-tests use it: the last step is then UniP-p, local error :math:`O(h^{p+1})`), ``"zero"`` adds the
-second-order step to :math:`\sigma = 0` (one more evaluation, which then also corrects the last
-step).
+:mod:`~sdekit.sampling.dpm_solver`: ``"auto"`` (default) lowers long last steps and keeps short
+ones (weight :math:`1/(1 + (h/0.4)^4)` of the full order), ``"lower_order"`` (the reference
+code's and diffusers' choice) lowers the orders on the last steps on every grid,
+``"full_order"`` keeps them (the convergence tests use it: the last step is then UniP-p, local
+error :math:`O(h^{p+1})`), ``"zero"`` adds the second-order step to :math:`\sigma = 0` (one more
+evaluation, which then also corrects the last step).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ..checks import check_choice
 from ..linear import LinearSDE
 from ..parameterization import to_x0
 from ..sde import ScoreFn
-from .dpm_solver import Final, _check_grid, _step_orders, final_step_to_zero
+from .dpm_solver import Final, _check_grid, _step_orders, final_step_to_zero, final_weight
 from .noise import NoiseSource
 from .registry import register, run_callback
 
@@ -164,7 +165,7 @@ def unipc_multistep(
     *,
     order: int = 3,
     variant: Variant = "bh1",
-    final: Final = "lower_order",
+    final: Final = "auto",
     noise: NoiseSource | None = None,
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
@@ -183,11 +184,13 @@ def unipc_multistep(
     check_choice("variant", variant, ("bh1", "bh2"))
     _check_grid(ts)
     steps = ts.shape[0] - 1
-    orders = _step_orders(steps, order, final)
-    c = {
-        k: v.to(device=x.device, dtype=x.dtype)
-        for k, v in unipc_coefficients(sde, ts, orders, variant).items()
-    }
+    orders, lowered = _step_orders(steps, order, final)
+    c = unipc_coefficients(sde, ts, orders, variant)
+    low = unipc_coefficients(sde, ts, lowered, variant)
+    weight = final_weight(ts, sde, final)[:, None]
+    for key in ("pred", "corr"):
+        c[key] = weight * c[key] + (1 - weight) * low[key]
+    c = {k: v.to(device=x.device, dtype=x.dtype) for k, v in c.items()}
     keep, pred, corr, alpha, sigma = c["keep"], c["pred"], c["corr"], c["alpha"], c["sigma"]
     t_batch = ts.to(device=x.device, dtype=x.dtype)
 
@@ -218,7 +221,12 @@ def unipc_multistep(
 
 
 _PAPER = "Zhao et al. 2023, UniPC (arXiv:2302.04867)"
-_FAMILY = {"stochastic": False, "needs_marginal": True, "evals_per_step": 1, "default_grid": "logsnr"}
+_FAMILY = {
+    "stochastic": False,
+    "needs_marginal": True,
+    "evals_per_step": 1,
+    "default_grid": "logsnr",
+}
 # UniC-p makes UniPC-p of order p + 1 (Theorem 3.2): measured 3.8 for UniPC-3 (128-1024 steps)
 # and 2.9-3.2 for UniPC-2 on the exact flow map of a Gaussian. (The warm-up's UniC-1 first step is
 # third order locally, so on very fine grids the slope would fall to 3; its error constant, D''
