@@ -22,6 +22,7 @@ fitted on other draws of :math:`x_T` than those measured (its one-off cost is ta
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 import time
@@ -98,7 +99,8 @@ def floor(gm: sdekit.GaussianMixture, n: int, directions: int, seeds: int) -> fl
 
 
 def sdekit_runners(sde) -> list[peer_lib.Peer]:
-    """Every registered sdekit method, at the most steps whose ``info.nfe`` fits the budget."""
+    """Every registered sdekit method that needs only the score, at the most steps whose
+    ``info.nfe`` fits the budget."""
 
     def make(name, spec):
         def nfe_of(x_T, steps):
@@ -126,7 +128,12 @@ def sdekit_runners(sde) -> list[peer_lib.Peer]:
             return peer_lib.Peer(f"sdekit:{name}", run_adaptive, adaptive=True)
         return peer_lib.Peer(f"sdekit:{name}", run)
 
-    return [make(name, spec) for name, spec in sorted(SAMPLERS.items())]
+    # methods with a required option (the learned-variance samplers' v) need more than a score
+    return [
+        make(name, spec)
+        for name, spec in sorted(SAMPLERS.items())
+        if inspect.Parameter.empty not in spec.options.values()
+    ]
 
 
 FIT_COSTS: list[tuple[str, str, int, int, float]] = []  # (target, method, budget, fit NFE, seconds)
@@ -348,8 +355,8 @@ def main() -> None:
         "--fitted",
         nargs="*",
         default=None,
-        help="methods to run on fitted grids too (default: "
-        "unipc_2 unipc dpmpp_3m; none with --fitted and no names)",
+        help="methods to run on fitted grids too (default: unipc_2, and with --full also "
+        "unipc dpmpp_3m; none with --fitted and no names)",
     )
     parser.add_argument(
         "--fit-n", type=int, default=None, help="x_T draws to fit on (quick 256, full 2048)"
@@ -362,7 +369,11 @@ def main() -> None:
     seeds = 5 if args.full else 3
     args.seeds = args.seeds or (3 if args.full else 1)
     fit_n = args.fit_n or (2048 if args.full else 256)
-    fitted = ["unipc_2", "unipc", "dpmpp_3m"] if args.fitted is None else args.fitted
+    fitted = (
+        (["unipc_2", "unipc", "dpmpp_3m"] if args.full else ["unipc_2"])
+        if args.fitted is None
+        else args.fitted
+    )
     device = torch.device(args.device)
 
     sde = sdekit.VPSDE(beta_min=0.1, beta_max=20.0, T=1.0, t_min=1e-3)
