@@ -405,6 +405,7 @@ def main() -> None:
             f"N = {n}.\n\n"
             + markdown(title, all_results[title], floors[title], args.nfe, args.every)
         )
+        print(text[-1], file=sys.stderr, flush=True)  # each target's table as soon as it is done
     header = (
         f"VP SDE (linear beta 0.1..20, T = 1, t_min = 1e-3), exact float64 score, "
         f"errors = mean over {args.seeds} draws of x_T and noise (seeds 0..{args.seeds - 1}), "

@@ -420,3 +420,32 @@ def test_final_auto_lowers_long_last_steps_and_keeps_short_ones():
             )
     with pytest.raises(ValueError, match="final"):
         dpm_solver.final_weight(ts, sde, "last")
+
+
+def test_the_unblended_third_order_step_is_exact_on_a_quadratic_on_any_grid(monkeypatch):
+    """For D(lambda_i + u) = a + b u + c u^2 the exact integral is phi1 a + phi2 h b + 2 phi3 h^2 c
+    (phi at h^ = (1 + eta) h); the 3M weights on the nodes 0, -r0 h, -(r0 + r1) h reproduce it for
+    any step ratios, the 2M weights for constant D, and the blend is between the two."""
+    gen = torch.Generator().manual_seed(3)
+    n = 256
+    h, r0, r1 = (0.02 + 2 * torch.rand(n, generator=gen, dtype=torch.float64) for _ in range(3))
+    eta = 0.7
+    a, b, c = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    nodes = torch.stack([torch.zeros_like(h), -r0 * h, -(r0 + r1) * h], -1)
+    D = a[:, None] + b[:, None] * nodes + c[:, None] * nodes**2
+    hh = (1 + eta) * h
+    phi1 = -torch.expm1(-hh)
+    phi2 = 1 - phi1 / hh
+    phi3 = 0.5 - phi2 / hh
+    exact = phi1 * a + phi2 * h * b + 2 * phi3 * h**2 * c
+    monkeypatch.setattr(dpm_solver, "H_STAR", math.inf)
+    third = (step_weights(h, r0, r1, torch.tensor(3), eta) * D).sum(-1)
+    torch.testing.assert_close(third, exact, rtol=1e-10, atol=1e-12)
+    second = step_weights(h, r0, r1, torch.tensor(2), eta)
+    torch.testing.assert_close(second.sum(-1), phi1, rtol=1e-12, atol=1e-14)  # constants
+    monkeypatch.setattr(dpm_solver, "H_STAR", 0.4)
+    theta = 1 / (1 + (hh / 0.4) ** 4)
+    blended = (step_weights(h, r0, r1, torch.tensor(3), eta) * D).sum(-1)
+    torch.testing.assert_close(
+        blended, theta * exact + (1 - theta) * (second * D).sum(-1), rtol=1e-10, atol=1e-12
+    )
