@@ -24,7 +24,9 @@ is loaded, by file path, with a stub ``k_diffusion.utils`` providing the one hel
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import math
 import sys
 import types
@@ -255,3 +257,98 @@ def diffusers_peers(
 def peers(sde: VPSDE, *, k_grids=("karras",), spacings=("linspace", "trailing")) -> list[Peer]:
     """All installed peers."""
     return k_diffusion_peers(sde, k_grids) + diffusers_peers(sde, spacings)
+
+
+def _load_file(path, name: str) -> types.ModuleType | None:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_peers(sde: VPSDE, directory: str) -> list[Peer]:
+    """The authors' own DPM-Solver(++) and UniPC, imported from ``directory`` (not shipped here).
+
+    ``directory`` holds ``dpm_solver_pytorch.py`` (github.com/LuChengTHU/dpm-solver) and/or
+    ``uni_pc.py`` (github.com/wl-zhao/UniPC), as their repositories have them. Both run on the
+    continuous linear VP schedule (``NoiseScheduleVP('linear', 0.1, 20)``, the benchmark's SDE) with
+    their own time grids from ``T`` to ``t_min``, in float64 (their grids are built in the default
+    dtype, set to float64 while they run). DPM-Solver(++) multistep orders 2 and 3 and singlestep
+    order 3 ("DPM-Solver-fast") are tried with and without the final denoising step
+    (``denoise_to_zero``, one evaluation of the budget), UniPC-2 and -3 with B(h) bh1 and bh2, each on
+    every one of their grids (logSNR, time_uniform, time_quadratic); the best counts. Data are
+    reshaped to ``(batch, d, 1, 1)`` for UniPC's image-shaped einsums.
+    """
+    from pathlib import Path
+
+    out: list[Peer] = []
+    root = Path(directory)
+    dpm = _load_file(root / "dpm_solver_pytorch.py", "ref_dpm_solver")
+    uni = _load_file(root / "uni_pc.py", "ref_uni_pc")
+    if dpm is None and uni is None:
+        print(f"no reference code found in {directory}: left out")
+        return out
+    t_end = float(sde.t_min)
+
+    def noise_model(score):
+        def model(x, t):
+            t = t.to(torch.float64).reshape(-1)
+            flat = x.reshape(x.shape[0], -1)
+            sigma = sde.sigma(t).to(x.dtype)[:, None]
+            return (-sigma * score(flat, t.to(x.dtype).expand(x.shape[0]))).reshape(x.shape)
+
+        return model
+
+    def make(lib, solver_cls, kind, order, skip, denoise, variant=None):
+        def run(score, x_T, nfe, generator):
+            steps = nfe - 1 if denoise else nfe
+            if steps < order:
+                return None
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                ns = lib.NoiseScheduleVP("linear", continuous_beta_0=0.1, continuous_beta_1=20.0)
+                fn = lib.model_wrapper(noise_model(score), ns, model_type="noise")
+                if solver_cls == "dpm":
+                    solver = lib.DPM_Solver(fn, ns, algorithm_type="dpmsolver++")
+                    kwargs = {"method": kind}
+                else:
+                    solver = lib.UniPC(fn, ns, algorithm_type="data_prediction", variant=variant)
+                    kwargs = {}
+                x = x_T.reshape(x_T.shape[0], -1, 1, 1) if solver_cls == "uni" else x_T
+                with contextlib.redirect_stdout(io.StringIO()):  # UniPC prints every step
+                    x = solver.sample(
+                        x.clone(),
+                        steps=steps,
+                        t_start=sde.T,
+                        t_end=t_end,
+                        order=order,
+                        skip_type=skip,
+                        denoise_to_zero=denoise,
+                        **kwargs,
+                    )
+            finally:
+                torch.set_default_dtype(default)
+            return x.reshape(x_T.shape), nfe
+
+        return run
+
+    skips = ("logSNR", "time_uniform", "time_quadratic")
+    for denoise in (False, True):
+        tail = "+denoise" if denoise else ""
+        if dpm is not None:
+            for kind, order in (("multistep", 3), ("multistep", 2), ("singlestep", 3)):
+                for skip in skips:
+                    name = f"ref:dpm-solver++ {kind[:5]}{order}[{skip}{tail}]"
+                    out.append(Peer(name, make(dpm, "dpm", kind, order, skip, denoise)))
+        if uni is not None and not denoise:  # UniPC's own last step ends lower-order instead
+            for variant in ("bh1", "bh2"):
+                for order in (2, 3):
+                    for skip in skips:
+                        name = f"ref:unipc-{order} {variant}[{skip}{tail}]"
+                        out.append(
+                            Peer(name, make(uni, "uni", None, order, skip, denoise, variant))
+                        )
+    return out

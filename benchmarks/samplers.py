@@ -8,17 +8,21 @@ Monte-Carlo floor is the same distance for exact samples of :math:`p_0` of the s
 over seeds. NFE is the exact number of score calls (``info.nfe`` for sdekit); each sampler runs with
 the most steps whose NFE fits the budget.
 
-Peers (see ``peers.py``): diffusers' schedulers on the 1000-step DDPM betas of the same SDE and
-k-diffusion's samplers in the scaled sigma parameterization over the same sigma range.
+Peers (see ``peers.py``): diffusers' schedulers on the 1000-step DDPM betas of the same SDE,
+k-diffusion's samplers in the scaled sigma parameterization over the same sigma range, and, with
+``--reference DIR``, the authors' own DPM-Solver(++) and UniPC code imported from ``DIR`` (not
+shipped with sdekit). Rows ``[fitted]`` run on a grid from :func:`sdekit.sampling.fit_grid`,
+fitted on other draws of :math:`x_T` than those measured (its one-off cost is tabulated).
 
-    python benchmarks/samplers.py            # quick: small N, a few NFEs
-    python benchmarks/samplers.py --full     # N = 50,000, NFE 5..1000 (long on CPU)
-    python benchmarks/samplers.py --full --device cuda
+    python benchmarks/samplers.py            # quick: small N, NFE 5, 10, 20
+    python benchmarks/samplers.py --full     # N = 200,000 (1D) / 100,000 (2D) / 50,000 (16D)
+    python benchmarks/samplers.py --full --reference /tmp/ref --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 import time
@@ -28,7 +32,7 @@ import torch
 
 import sdekit
 from sdekit.metrics import sliced_w1, w1_to_mixture
-from sdekit.sampling import SAMPLERS, sample
+from sdekit.sampling import SAMPLERS, fit_grid, sample
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers as peer_lib  # noqa: E402
@@ -39,7 +43,8 @@ ADAPTIVE_TOLERANCES = {"adaptive_sde": ("eps_rel", "eps_abs"), "ode": ("rtol", "
 
 
 def targets() -> dict[str, sdekit.GaussianMixture]:
-    """Hard targets: narrow, unequally weighted modes in 1D; a 5 x 5 grid of narrow modes in 2D."""
+    """Hard targets: narrow, unequal modes in 1D; a 5 x 5 grid of narrow modes and a ring of thin
+    modes in 2D; 12 modes of unequal weights and widths in 16D."""
     one_d = sdekit.GaussianMixture(
         [0.4, 0.25, 0.15, 0.12, 0.08],
         [-2.0, -0.8, 0.0, 0.9, 2.2],
@@ -49,11 +54,32 @@ def targets() -> dict[str, sdekit.GaussianMixture]:
     means = torch.cartesian_prod(axis, axis)
     weights = torch.linspace(1.0, 3.0, 25, dtype=torch.float64)
     grid = sdekit.GaussianMixture(weights / weights.sum(), means, 0.05)
-    return {"1D, 5 narrow modes": one_d, "2D, 5x5 grid (std 0.05)": grid}
+    # eight modes on a circle of radius 2, each 0.15 wide along x and 0.01 along y: thin in one
+    # direction, so a sampler must resolve two noise scales 15x apart; weights 1:8
+    angle = torch.arange(8, dtype=torch.float64) * math.pi / 4
+    ring_w = torch.arange(1.0, 9.0, dtype=torch.float64)
+    ring = sdekit.GaussianMixture(
+        ring_w / ring_w.sum(),
+        2 * torch.stack([angle.cos(), angle.sin()], 1),
+        torch.tensor([[0.15, 0.01]], dtype=torch.float64).expand(8, 2),
+    )
+    gen = torch.Generator().manual_seed(16)
+    w16 = torch.rand(12, generator=gen, dtype=torch.float64) ** 2 + 0.02
+    high = sdekit.GaussianMixture(
+        w16 / w16.sum(),
+        2 * torch.rand(12, 16, generator=gen, dtype=torch.float64) - 1,
+        0.03 + 0.2 * torch.rand(12, 16, generator=gen, dtype=torch.float64),
+    )
+    return {
+        "1D, 5 narrow modes": one_d,
+        "2D, 5x5 grid (std 0.05)": grid,
+        "2D, ring of 8 thin modes (std 0.15 x 0.01)": ring,
+        "16D, 12 unequal modes (std 0.03-0.23)": high,
+    }
 
 
 def distance(samples: torch.Tensor, gm: sdekit.GaussianMixture, directions: int) -> float:
-    """:math:`W_1` (1D) or sliced :math:`W_1` over fixed directions (2D) to the data law."""
+    """:math:`W_1` (1D) or sliced :math:`W_1` over fixed directions (2D, 16D) to the data law."""
     samples = samples.detach().to(torch.float64)
     if not bool(torch.isfinite(samples).all()):
         return math.nan
@@ -73,7 +99,8 @@ def floor(gm: sdekit.GaussianMixture, n: int, directions: int, seeds: int) -> fl
 
 
 def sdekit_runners(sde) -> list[peer_lib.Peer]:
-    """Every registered sdekit method, at the most steps whose ``info.nfe`` fits the budget."""
+    """Every registered sdekit method that needs only the score, at the most steps whose
+    ``info.nfe`` fits the budget."""
 
     def make(name, spec):
         def nfe_of(x_T, steps):
@@ -101,14 +128,47 @@ def sdekit_runners(sde) -> list[peer_lib.Peer]:
             return peer_lib.Peer(f"sdekit:{name}", run_adaptive, adaptive=True)
         return peer_lib.Peer(f"sdekit:{name}", run)
 
-    return [make(name, spec) for name, spec in sorted(SAMPLERS.items())]
+    # methods with a required option (the learned-variance samplers' v) need more than a score
+    return [
+        make(name, spec)
+        for name, spec in sorted(SAMPLERS.items())
+        if inspect.Parameter.empty not in spec.options.values()
+    ]
+
+
+FIT_COSTS: list[tuple[str, str, int, int, float]] = []  # (target, method, budget, fit NFE, seconds)
+
+
+def fitted_runners(sde, methods, n_fit: int, candidates: int) -> list[peer_lib.Peer]:
+    """``method[fitted]``: the method on a grid fitted (:func:`fit_grid`) to the target's score from
+    ``n_fit`` draws of x_T other than the measured ones, one grid per budget (steps = NFE)."""
+    cache: dict = {}
+
+    def make(method):
+        def run(score, x_T, nfe, generator):
+            key = (method, id(score.gm), nfe, x_T.shape[0], x_T.device)
+            if key not in cache:
+                gen = torch.Generator().manual_seed(10_000 + nfe)
+                x_fit = torch.randn(n_fit, *x_T.shape[1:], generator=gen, dtype=x_T.dtype)
+                exact = lambda x, t: score.gm.score(x, t, score.sde)  # noqa: E731 (not counted)
+                fit = fit_grid(
+                    exact, sde, x_fit.to(x_T.device), nfe, method=method, candidates=candidates
+                )
+                cache[key] = fit.ts
+                FIT_COSTS.append((score.gm, method, nfe, fit.nfe, fit.seconds))
+            x, info = sample(score, sde, x_T, method=method, grid=cache[key], generator=generator)
+            return x, info.nfe
+
+        return run
+
+    return [peer_lib.Peer(f"sdekit:{m}[fitted]", make(m)) for m in methods]
 
 
 class CountingScore:
     """The exact score, counting calls (a check on every sampler's reported NFE)."""
 
     def __init__(self, gm: sdekit.GaussianMixture, sde):
-        self.gm, self.sde, self.calls = gm, sde, 0
+        self.gm, self.sde, self.calls = gm, sde, 0  # fitted runners fit on gm's score directly
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -181,30 +241,55 @@ def average(runs: list[dict[str, dict[int, tuple[float, int]]]]):
     return out
 
 
-def best(results, budget: int, sdekit_side: bool) -> tuple[float, str]:
-    """The smallest error at ``budget`` among sdekit's methods or among the peers."""
+def best(results, budget: int, side: str) -> tuple[float, str]:
+    """The smallest error at ``budget`` among sdekit's methods (``side="sdekit"``), the peer
+    libraries (``"peer"``: diffusers, k-diffusion and the reference code) or the reference code
+    alone (``"ref"``)."""
+
+    def on_side(name: str) -> bool:
+        if side == "sdekit":
+            return name.startswith("sdekit:")
+        if side == "ref":
+            return name.startswith("ref:")
+        return not name.startswith("sdekit:")
+
     candidates = [
         (row[budget][0], name)
         for name, row in results.items()
-        if name.startswith("sdekit:") == sdekit_side and budget in row
-        if not math.isnan(row[budget][0])
+        if on_side(name) and budget in row and not math.isnan(row[budget][0])
     ]
     return min(candidates) if candidates else (math.nan, "-")
+
+
+# The outside run's reference DPM-Solver++(3M) numbers (issue 14; N = 200,000 in 1D), by target.
+ISSUE_REFERENCE = {
+    "1D, 5 narrow modes": {10: 0.0323},
+    "2D, 5x5 grid (std 0.05)": {5: 0.0524, 20: 0.0061},
+}
 
 
 def markdown(title: str, results, floor_value: float, nfes, every: bool) -> str:
     lines = [
         f"### {title}",
         "",
-        "| NFE | MC floor | best sdekit | best peer | sdekit / peer | sdekit / floor |",
-        "|---:|---:|---|---|---:|---:|",
+        "| NFE | MC floor | best sdekit | best peer | sdekit / peer | target | best reference code "
+        "| sdekit / reference |",
+        "|---:|---:|---|---|---:|---:|---|---:|",
     ]
     for budget in nfes:
-        s_err, s_name = best(results, budget, True)
-        p_err, p_name = best(results, budget, False)
+        s_err, s_name = best(results, budget, "sdekit")
+        p_err, p_name = best(results, budget, "peer")
+        r_err, r_name = best(results, budget, "ref")
+        issue = ISSUE_REFERENCE.get(title, {}).get(budget)
+        if issue is not None and not issue > p_err:  # the outside run's number is the best peer
+            p_err, p_name = issue, "reference 3M, issue 14's run"
+        goal = 0.5 if budget == 10 else 0.7
+        met = "met" if s_err <= goal * p_err else "missed"
+        ref = f"{r_err:.4f} ({r_name.removeprefix('ref:')})" if r_name != "-" else "-"
         lines.append(
             f"| {budget} | {floor_value:.4f} | {s_err:.4f} ({s_name.removeprefix('sdekit:')}) "
-            f"| {p_err:.4f} ({p_name}) | {s_err / p_err:.2f} | {s_err / floor_value:.2f} |"
+            f"| {p_err:.4f} ({p_name}) | {s_err / p_err:.2f} | <= {goal} {met} | {ref} "
+            f"| {s_err / r_err:.2f} |"
         )
     if every:
         names = list(results)
@@ -216,6 +301,16 @@ def markdown(title: str, results, floor_value: float, nfes, every: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fit_cost_table(gms: dict) -> str:
+    names = {id(gm): title for title, gm in gms.items()}
+    lines = ["### One-off cost of the fitted grids", ""]
+    lines += ["| target | method | NFE | fit cost (NFE on the fit batch) | seconds |"]
+    lines += ["|---|---|---:|---:|---:|"]
+    for gm, method, nfe, cost, seconds in FIT_COSTS:
+        lines.append(f"| {names[id(gm)]} | {method} | {nfe} | {cost} | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(all_results, floors, nfes, path: Path) -> None:
     import matplotlib
 
@@ -223,11 +318,12 @@ def plot(all_results, floors, nfes, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(all_results), figsize=(5.5 * len(all_results), 4.2))
+    axes = [axes] if len(all_results) == 1 else axes
     for ax, (title, results) in zip(axes, all_results.items(), strict=True):
         for row in results.values():
             xs = sorted(row)
             ax.plot(xs, [row[b][0] for b in xs], color="0.8", lw=0.8, zorder=1)
-        for side, color, label in ((True, "C0", "best sdekit"), (False, "C3", "best peer")):
+        for side, color, label in (("sdekit", "C0", "best sdekit"), ("peer", "C3", "best peer")):
             errs = [best(results, b, side)[0] for b in nfes]
             ax.plot(nfes, errs, "o-", color=color, label=label, zorder=3)
         ax.axhline(floors[title], color="k", ls="--", lw=1, label="Monte-Carlo floor")
@@ -240,48 +336,86 @@ def plot(all_results, floors, nfes, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="N = 50,000, NFE 5..1000, all grids")
-    parser.add_argument("--n", type=int, help="samples per run (quick 1,000; full 50,000)")
+    parser.add_argument(
+        "--full", action="store_true", help="N = 200,000 in 1D, NFE 5..20, all grids"
+    )
+    parser.add_argument("--n", type=int, help="samples per run, every target (default: by target)")
     parser.add_argument("--nfe", type=int, nargs="+", help="NFE budgets")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--methods", nargs="+", help="only runners whose name has one")
+    parser.add_argument("--targets", nargs="+", help="only targets whose title has one")
     parser.add_argument("--every", action="store_true", help="also print every method's errors")
     parser.add_argument(
         "--seeds", type=int, help="independent draws of x_T and noise to average (quick 1, full 3)"
     )
+    parser.add_argument(
+        "--reference", help="directory with the authors' dpm_solver_pytorch.py, uni_pc.py"
+    )
+    parser.add_argument(
+        "--fitted",
+        nargs="*",
+        default=None,
+        help="methods to run on fitted grids too (default: unipc_2, and with --full also "
+        "unipc dpmpp_3m; none with --fitted and no names)",
+    )
+    parser.add_argument(
+        "--fit-n", type=int, default=None, help="x_T draws to fit on (quick 256, full 2048)"
+    )
     args = parser.parse_args()
-    args.n = args.n or (50_000 if args.full else 1_000)
-    args.nfe = args.nfe or ([5, 10, 20, 50, 100, 250, 1000] if args.full else [10, 20, 50])
+    sizes = {1: 200_000, 2: 100_000, 16: 50_000} if args.full else {1: 2_000, 2: 2_000, 16: 2_000}
+    args.nfe = args.nfe or ([5, 6, 8, 10, 12, 15, 20] if args.full else [5, 10, 20])
     args.directions = 128 if args.full else 32
     args.tolerances = [0.2, 0.1, 0.05, 0.02, 0.01, 3e-3, 1e-3, 1e-4] if args.full else [0.05]
     seeds = 5 if args.full else 3
     args.seeds = args.seeds or (3 if args.full else 1)
+    fit_n = args.fit_n or (2048 if args.full else 256)
+    fitted = (
+        (["unipc_2", "unipc", "dpmpp_3m"] if args.full else ["unipc_2"])
+        if args.fitted is None
+        else args.fitted
+    )
     device = torch.device(args.device)
 
     sde = sdekit.VPSDE(beta_min=0.1, beta_max=20.0, T=1.0, t_min=1e-3)
-    runners = sdekit_runners(sde) + peer_lib.peers(
+    runners = sdekit_runners(sde) + fitted_runners(sde, fitted, fit_n, 64 if args.full else 32)
+    runners += peer_lib.peers(
         sde,
         k_grids=("karras", "vp") if args.full else ("karras",),
         spacings=("linspace", "leading", "trailing") if args.full else ("trailing",),
     )
+    if args.reference:
+        runners += peer_lib.reference_peers(sde, args.reference)
     if args.methods:
         runners = [r for r in runners if any(m in r.name for m in args.methods)]
 
     start = time.perf_counter()
     OUT.mkdir(exist_ok=True)
-    all_results, floors, text = {}, {}, []
+    all_results, floors, text, used = {}, {}, [], {}
+    n_given = args.n
     for title, gm in targets().items():
-        print(f"{title}: {len(runners)} samplers, N = {args.n}", file=sys.stderr)
-        floors[title] = floor(gm, args.n, args.directions, seeds)
+        if args.targets and not any(t in title for t in args.targets):
+            continue
+        args.n = n = n_given or sizes[gm.dim]
+        used[title] = gm
+        print(f"{title}: {len(runners)} samplers, N = {n}", file=sys.stderr)
+        floors[title] = floor(gm, n, args.directions, seeds)
         runs = [run_target(gm, sde, runners, args, device, seed) for seed in range(args.seeds)]
         all_results[title] = average(runs)
-        text.append(markdown(title, all_results[title], floors[title], args.nfe, args.every))
+        text.append(
+            f"N = {n}.\n\n"
+            + markdown(title, all_results[title], floors[title], args.nfe, args.every)
+        )
+        print(text[-1], file=sys.stderr, flush=True)  # each target's table as soon as it is done
     header = (
-        f"VP SDE (linear beta 0.1..20, T = 1, t_min = 1e-3), exact float64 score, N = {args.n}, "
-        f"errors = mean over {args.seeds} draws of x_T and noise, MC floor = mean over {seeds} seeds; "
-        f"{time.perf_counter() - start:.0f} s on {args.device}.\n"
+        f"VP SDE (linear beta 0.1..20, T = 1, t_min = 1e-3), exact float64 score, "
+        f"errors = mean over {args.seeds} draws of x_T and noise (seeds 0..{args.seeds - 1}), "
+        f"MC floor = mean over {seeds} seeds of N exact samples, {args.directions} directions for "
+        f"the sliced W1; fitted grids fitted on {fit_n} other draws of x_T; target: sdekit <= 0.7 x "
+        f"the best peer (0.5 x at 10 NFE); {time.perf_counter() - start:.0f} s on {args.device}.\n"
     )
     report = header + "\n" + "\n".join(text)
+    if FIT_COSTS:
+        report += "\n" + fit_cost_table(used)
     print(report)
     (OUT / "samplers_benchmark.md").write_text(report)
     plot(all_results, floors, args.nfe, OUT / "samplers_benchmark.png")

@@ -82,7 +82,7 @@ PAIRS = {
     "euler": ("sample_euler", "ddim", {}),
     "euler (Karras' Euler)": ("sample_euler", "euler", {}),
     "heun": ("sample_heun", "heun", {}),
-    "dpmpp_2m": ("sample_dpmpp_2m", "dpmpp_2m", {"lower_order_final": False}),
+    "dpmpp_2m": ("sample_dpmpp_2m", "dpmpp_2m", {"final": "full_order"}),
 }
 
 
@@ -158,7 +158,7 @@ def test_sdekit_model_through_k_diffusion_equals_sdekit(k, discrete_model):
         )
         grid = options_matching_sigmas(sde, sigmas)
         x_T = x_tilde * sde.alpha(grid["grid"][:1])
-        out, _ = sdekit.sample(model, sde, x_T, prediction="eps", lower_order_final=False, **grid)
+        out, _ = sdekit.sample(model, sde, x_T, prediction="eps", final="full_order", **grid)
     assert _relative(out, reference) < EXACT
 
 

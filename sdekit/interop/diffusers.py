@@ -262,18 +262,9 @@ def _dpm_solver_options(scheduler, config, sde: DiscreteVPSDE, timesteps: torch.
         "denoise_final": to_zero,
     }
     # diffusers' last step is first order when it goes to sigma = 0 (sdekit's denoise step), with
-    # euler_at_final, or with lower_order_final below 15 steps; sdekit's lower_order_final lowers
-    # the last step below 10 steps only
+    # euler_at_final, or with lower_order_final below 15 steps: sdekit's final="lower_order"
+    # (for a second-order method, only the last step is lowered)
     first_order_last = config.euler_at_final or (config.lower_order_final and n < 15)
-    steps = grid.shape[0] - 1
-    if to_zero or not first_order_last:
-        options["lower_order_final"] = False
-    elif steps < 10:
-        options["lower_order_final"] = True
-    else:
-        raise ValueError(
-            f"DPMSolverMultistepScheduler lowers its last of {n} steps to first order "
-            "(lower_order_final below 15 steps, or euler_at_final), sdekit's dpmpp_2m below 10 "
-            "only: not reproducible; use final_sigmas_type='zero', or lower_order_final=False"
-        )
+    lowered = first_order_last and not to_zero
+    options["final"] = "lower_order" if lowered else "full_order"
     return options

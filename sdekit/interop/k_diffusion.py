@@ -15,7 +15,7 @@ SDE is one of these up to the scaling, so for any :class:`~sdekit.LinearSDE`
 The samplers then agree step for step: k-diffusion's ``sample_euler`` is sdekit's ``ddim`` (Euler in
 :math:`(\tilde x, \tilde\sigma)` is DDIM, Karras et al. 2022, §3; for :class:`~sdekit.EDMSDE`,
 where :math:`\tilde x = x` and :math:`\tilde\sigma = t`, it is also sdekit's ``euler``), and
-``sample_dpmpp_2m`` is ``dpmpp_2m`` with ``lower_order_final=False``. A k-diffusion grid ending in
+``sample_dpmpp_2m`` is ``dpmpp_2m`` with ``final="full_order"``. A k-diffusion grid ending in
 :math:`\tilde\sigma = 0` takes its last step to the data: that step is :math:`\tilde x = D`, which is
 sdekit's ``denoise_final=True`` (see :func:`options_matching_sigmas`).
 """

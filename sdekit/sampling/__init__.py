@@ -1,7 +1,8 @@
 """Samplers: solvers of the reverse SDE and the probability-flow ODE, behind one entry point.
 
 ``sample(model, sde, x_T_or_shape, method=..., steps=...)`` runs any method of the registry
-(:data:`SAMPLERS`); :func:`list_samplers` prints them.
+(:data:`SAMPLERS`); :func:`list_samplers` prints them. :func:`fit_grid` fits a method's time grid
+to a model.
 """
 
 # The method modules are imported for their @register side effect.
@@ -14,8 +15,10 @@ from . import (  # noqa: F401
     learned_variance,
     ode,
     predictor_corrector,
+    unipc,
 )
 from .api import SampleInfo, list_samplers, sample
+from .fitted_grid import FittedGrid, fit_grid
 from .grids import GRIDS, time_grid
 from .noise import NoiseSource
 from .registry import SAMPLERS, SamplerSpec, get_sampler, register
@@ -25,6 +28,8 @@ __all__ = [
     "SampleInfo",
     "list_samplers",
     "time_grid",
+    "fit_grid",
+    "FittedGrid",
     "GRIDS",
     "NoiseSource",
     "SAMPLERS",
