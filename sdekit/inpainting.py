@@ -46,7 +46,7 @@ from .linear import LinearSDE
 from .measurements import LinearOperator, ReconstructionGuidance
 from .parameterization import Prediction, check_prediction
 from .sampling.api import Generator, sample
-from .sampling.grids import check_grid, time_grid
+from .sampling.grids import Grid, check_grid, time_grid
 from .sampling.noise import NoiseSource
 from .sampling.registry import SamplerSpec, get_sampler
 from .sde import broadcast_to_data
@@ -177,7 +177,7 @@ def inpaint(
     sampler: str = "euler_maruyama",
     steps: int = 100,
     prediction: Prediction = "score",
-    grid: str | torch.Tensor | None = None,
+    grid: Grid | torch.Tensor | None = None,
     t_min: float | None = None,
     denoise_final: bool | None = None,
     generator: Generator = None,

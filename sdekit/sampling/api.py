@@ -27,7 +27,7 @@ from ..conditioning import Cond, call_model, check_cond
 from ..linear import LinearSDE
 from ..parameterization import Prediction, check_prediction, score_fn
 from ..sde import SDE, broadcast_to_data
-from .grids import check_grid, time_grid
+from .grids import Grid, check_grid, time_grid
 from .noise import NoiseSource
 from .registry import SAMPLERS, SamplerSpec, additive_noise, get_sampler
 
@@ -184,7 +184,7 @@ def sample(
     method: str = "dpmpp_2m",
     steps: int = 20,
     prediction: Prediction = "score",
-    grid: str | torch.Tensor | None = None,
+    grid: Grid | torch.Tensor | None = None,
     t_min: float | None = None,
     denoise_final: bool | None = None,
     generator: Generator = None,

@@ -19,12 +19,15 @@ The last two need a :class:`~sdekit.LinearSDE`; the first two work for any SDE.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from ..linear import LinearSDE
 from ..sde import SDE
 
-GRIDS = ("uniform", "quadratic", "logsnr", "edm")
+Grid = Literal["uniform", "quadratic", "logsnr", "edm"]
+GRIDS = get_args(Grid)
 
 
 def check_t_min(sde: SDE, t_min: float | None) -> float:
@@ -41,7 +44,7 @@ def check_t_min(sde: SDE, t_min: float | None) -> float:
 def time_grid(
     sde: SDE,
     steps: int,
-    kind: str = "uniform",
+    kind: Grid = "uniform",
     *,
     t_min: float | None = None,
     rho: float = 7.0,
@@ -59,7 +62,7 @@ def time_grid(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if kind not in GRIDS:
+    if kind not in GRIDS:  # the message names the tensor alternative, unlike check_choice's
         raise ValueError(f"grid must be one of {GRIDS} or a tensor of times, got {kind!r}")
     t_min = check_t_min(sde, t_min)
     T = sde.T

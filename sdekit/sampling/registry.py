@@ -26,6 +26,7 @@ import torch
 
 if TYPE_CHECKING:
     from ..sde import SDE, ScoreFn
+    from .grids import Grid
     from .noise import NoiseSource
 
 #: the SDE noise a method is valid for: ``"additive"`` (a diffusion independent of x) or
@@ -87,7 +88,7 @@ class SamplerSpec:
     strong_order: float | None = None
     noise_type: NoiseType = "additive"
     aliases: tuple[str, ...] = ()
-    default_grid: str = "uniform"
+    default_grid: Grid = "uniform"
     paper: str = field(default="", compare=False)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -142,7 +143,7 @@ def register(
     strong_order: float | None = None,
     noise_type: NoiseType = "additive",
     aliases: tuple[str, ...] = (),
-    default_grid: str = "uniform",
+    default_grid: Grid = "uniform",
     paper: str = "",
     fixed: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
