@@ -1,9 +1,22 @@
 """sdekit: score-based diffusion models as continuous-time SDEs, in PyTorch."""
 
-from . import interop, metrics, networks, sampling
+from . import (
+    conditioning,
+    elbo,
+    guidance,
+    inpainting,
+    interop,
+    measurements,
+    metrics,
+    networks,
+    sampling,
+    thresholding,
+)
 from .discrete import DiscreteVPSDE
 from .discretization import DDPMSchedule, ddpm_ancestral_step, ddpm_step, smld_ancestral_step
 from .fokker_planck import fokker_planck_residual, solve_fokker_planck
+from .guidance import classifier_free_guidance, classifier_guidance
+from .inpainting import inpaint
 from .likelihood import bits_per_dim, log_likelihood
 from .linear import EDMSDE, OUSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
 from .losses import DenoisingScoreMatching
@@ -43,6 +56,15 @@ __all__ = [
     "networks",
     "metrics",
     "interop",
+    "conditioning",
+    "elbo",
+    "guidance",
+    "inpainting",
+    "measurements",
+    "thresholding",
+    "classifier_free_guidance",
+    "classifier_guidance",
+    "inpaint",
     "DenoisingScoreMatching",
     "TrainConfig",
     "Trainer",
