@@ -222,7 +222,7 @@ def test_which_samplers_each_method_runs():
         "replacement": {"ode", "adaptive_sde"},
         "repaint": {"ode", "adaptive_sde"},
         "smcdiff": {"ode", "adaptive_sde", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
-                    "dpmpp_3m_sde", "euler", "heun", "pc"},
+                    "dpmpp_3m_sde", "euler", "heun", "pc", "unipc", "unipc_2", "unipc_bh1"},
         "guidance": set(),
     }  # fmt: skip
     refused["tds"] = refused["smcdiff"]
