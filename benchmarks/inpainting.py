@@ -6,12 +6,12 @@ is :meth:`sdekit.GaussianMixture.condition`. Each method draws ``--n`` samples; 
 :math:`W_1` to the exact posterior, averaged over ``--seeds``, beside the Monte-Carlo floor (the
 same distance for as many exact posterior samples, averaged over 20 draws). NFE is the exact number
 of model calls per sample (``info.nfe``; for SMC per particle, the batch holding all particles).
-Methods: replacement, RePaint (``(j, r)`` configurations, the most grid steps whose NFE fits),
-SMCDiff and TDS at several particle counts, reconstruction guidance. The peer: diffusers'
-``RePaintScheduler`` on the 1000-step DDPM betas of the same SDE, fed the exact
-:math:`\varepsilon` (``peers.diffusers_eps_model``), with the same ``(N, j, r)`` as ours (same
-NFE), at ``eta`` 1 (DDPM, the paper's) and 0 (DDIM, diffusers' default); the ratio is ours over
-theirs.
+Methods: replacement, RePaint (on DDIM with eta 1, its default step; ``(j, r)`` configurations,
+the most grid steps whose NFE fits), SMCDiff and TDS at several particle counts, reconstruction
+guidance. The peer: diffusers' ``RePaintScheduler`` on the 1000-step DDPM betas of the same SDE,
+fed the exact :math:`\varepsilon` (``peers.diffusers_eps_model``), with the same ``(N, j, r)`` as
+ours (same NFE), at ``eta`` 1 (DDPM, the paper's) and 0 (DDIM, diffusers' default); the ratio is
+ours over theirs.
 
 **Digits.** A UNet trained unconditionally on the scikit-learn digits' training split with
 :class:`sdekit.training.Trainer` (``--minutes`` of CPU time, cached and resumed in ``--cache``) or
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdekit.inpainting import inpaint, repaint_schedule
+from sdekit.inpainting import METHODS, inpaint, repaint_schedule
 from sdekit.linear import VPSDE
 from sdekit.measurements import Downsample, Mask, image_mask
 from sdekit.metrics import w1_to_mixture
@@ -134,10 +134,10 @@ def oracle(args) -> None:
             err, nfe = ours(method="replacement", sampler=sampler, steps=steps)
             results.append(("replacement", sampler, "", nfe, err, None))
         for j, r in REPAINT:
-            steps = repaint_steps(budget, j, r, extra=1)
+            steps = repaint_steps(budget, j, r)
             if steps is None:
                 continue
-            err, nfe = ours(method="repaint", sampler="ancestral", steps=steps, jump_length=j,
+            err, nfe = ours(method="repaint", sampler="ddim", eta=1.0, steps=steps, jump_length=j,
                             resamples=r)  # fmt: skip
             peer = None
             if args.peers:
@@ -156,7 +156,7 @@ def oracle(args) -> None:
                     best.get(budget, {}).get("diffusers", 1e9), peer
                 )
             setting = f"N={steps} j={j} r={r}" + (f", peer eta={eta:g}" if peer is not None else "")
-            results.append(("repaint", "ancestral", setting, nfe, err, peer))
+            results.append(("repaint", "ddim, eta 1", setting, nfe, err, peer))
         for method in ("smcdiff", "tds"):
             for k in args.particles:
                 if k * budget > args.max_particle_nfe:
@@ -193,6 +193,8 @@ def add_digits_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, help="held-out digits to complete (100; full 500)")
     parser.add_argument("--digit-nfe", type=int, help="NFE per method (default 50; full 100)")
     parser.add_argument("--digit-particles", type=int, help="SMC particles (default 4; full 8)")
+    parser.add_argument("--digit-methods", nargs="+", help="only these rows (methods, diffusers)",
+                        choices=(*METHODS, "diffusers"))  # fmt: skip
 
 
 def digits_model(args, x_train):
@@ -280,13 +282,15 @@ def digits(args) -> None:
 
     score = ModelScore(model, sde, prediction, None)  # the peer's exact-eps adapter takes a score
 
+    # RePaint on DDIM with eta = 1, the DDPM step with the posterior variance (diffusers' eta 1);
+    # ancestral's sigma^2 = beta leaves ~sigma_{t_{N-1}} of noise at N = 10 (guide, 'Default run')
     j, r = 5, 5
-    rsteps = repaint_steps(budget, j, r, extra=1)
+    rsteps = repaint_steps(budget, j, r)
     if rsteps is None:
         raise ValueError(f"--digit-nfe {budget} leaves no room for RePaint's (j, r) = ({j}, {r})")
     configs = [
         ("replacement", "euler_maruyama", {"steps": budget - 1}),
-        ("repaint", "ancestral", {"steps": rsteps, "jump_length": j, "resamples": r}),
+        ("repaint", "ddim", {"steps": rsteps, "jump_length": j, "resamples": r, "eta": 1.0}),
         ("smcdiff", "ancestral", {"steps": budget - 1, "particles": particles}),
         ("tds", "ancestral", {"steps": budget - 1, "particles": particles}),
         ("guidance", "euler_maruyama", {"steps": budget - 1}),
@@ -303,14 +307,21 @@ def digits(args) -> None:
         op = digit_operator(task)
         obs = op(x_eval)
         for method, sampler, options in configs:
+            if args.digit_methods and method not in args.digit_methods:
+                continue
             start = time.perf_counter()
             gen = torch.Generator().manual_seed(0)
             out, info = inpaint(model, sde, op, obs, method=method, sampler=sampler,
                                 prediction=prediction, generator=gen, **options)  # fmt: skip
             agree, fd = metrics(out)
-            print(f"| {task} | {method} | {sampler} | {info.nfe} | {agree:.3f} | {fd:.2f} | "
+            label = sampler + (f", eta {options['eta']:g}" if "eta" in options else "")
+            print(f"| {task} | {method} | {label} | {info.nfe} | {agree:.3f} | {fd:.2f} | "
                   f"{fd / floor:.2f} | {time.perf_counter() - start:.0f} |", flush=True)  # fmt: skip
-        if args.peers and isinstance(op, Mask):
+        if (
+            args.peers
+            and isinstance(op, Mask)
+            and "diffusers" in (args.digit_methods or ["diffusers"])
+        ):
             start = time.perf_counter()
             gen = torch.Generator().manual_seed(0)
             with torch.no_grad():

@@ -61,7 +61,7 @@ panels = [
 ]
 methods = [
     ("replacement", {}),
-    ("repaint", {"jump_length": 5, "resamples": 5, "steps": 30}),
+    ("repaint", {"jump_length": 5, "resamples": 5, "steps": 30, "sampler": "ddim", "eta": 1.0}),
     ("guidance", {"scale": 1.0}),
     ("smcdiff", {"particles": particles}),
     ("tds", {"particles": particles}),

@@ -17,7 +17,12 @@ entries it keeps) and the noised observation at time :math:`t`,
   steps the state is sent back ``jump_length`` steps by the forward kernel,
   :math:`x_{t_{k-j}} = \alpha_{t_{k-j}|t_k} x_{t_k} + \sigma_{t_{k-j}|t_k} z`, and denoised again,
   ``resamples - 1`` times, so that the two parts harmonise (:func:`repaint_schedule`). As in
-  Alg. 1 the observation is imposed after each step, and the last step is taken once.
+  Alg. 1 the observation is imposed after each step, and the last step is taken once. Its
+  default step is DDIM with ``eta = 1``, the posterior of the forward chain
+  :math:`q(x_{t_{k+1}} \mid x_{t_k}, \hat x_0)` (DDPM's :math:`\sigma_t^2 = \tilde\beta_t`,
+  diffusers' ``eta = 1``): with few steps, a step whose noise is the forward one
+  (``ancestral``'s :math:`\sigma_t^2 = \beta_t`, ``euler_maruyama``) leaves about
+  :math:`\sigma_{t_{N-1}}` of noise in the unobserved part after the last step.
 - ``"smcdiff"`` and ``"tds"``: sequential Monte Carlo over ``particles`` states per sample
   (:mod:`sdekit.smc`), SMCDiff (Trippe et al. 2023) and twisted diffusion sampling (Wu et al.
   2023), which correct replacement's bias by weighting and resampling; TDS is asymptotically
@@ -174,7 +179,7 @@ def inpaint(
     observation: torch.Tensor,
     *,
     method: Method = "replacement",
-    sampler: str = "euler_maruyama",
+    sampler: str | None = None,
     steps: int = 100,
     prediction: Prediction = "score",
     grid: Grid | torch.Tensor | None = None,
@@ -213,7 +218,9 @@ def inpaint(
             :class:`~sdekit.measurements.Downsample`).
         observation: :math:`y`, ``(batch, *operator.out_shape)``: one sample per row.
         method: one of :data:`METHODS`.
-        sampler: a registered sampler (``sample(method=...)``'s names), with ``**options``.
+        sampler: a registered sampler (``sample(method=...)``'s names), with ``**options``;
+            ``None``: ``"ddim"`` with ``eta=1`` for ``"repaint"`` (see the module), else
+            ``"euler_maruyama"``.
         steps, grid, t_min, prediction, cond: as in :func:`sdekit.sample`.
         denoise_final: finish with Tweedie's step (+1 model call), then impose the observation;
             ``None``: for stochastic samplers, as :func:`sdekit.sample`.
@@ -233,6 +240,9 @@ def inpaint(
         FloatingPointError: when the samples became NaN or inf.
     """
     check_choice("method", method, METHODS)
+    if sampler is None and method == "repaint":
+        sampler, options = "ddim", {"eta": 1.0, **options}
+    sampler = "euler_maruyama" if sampler is None else sampler
     spec = get_sampler(sampler)
     check_prediction(prediction)
     if not isinstance(sde, LinearSDE):

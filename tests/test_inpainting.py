@@ -81,12 +81,34 @@ def test_the_observed_part_is_the_noised_observation_at_each_time(method):
     gen = torch.Generator().manual_seed(0)
     inpaint(model, sde, Mask(MASK2), obs, method=method, steps=12, generator=gen,
             dtype=torch.float64, **extra)  # fmt: skip
-    assert len(seen) == (12 + 1 + (3 * 3 if method == "repaint" else 0))
+    # RePaint's default step (DDIM, eta 1) is not stochastic: no final Tweedie call
+    assert len(seen) == (12 + 3 * 3 if method == "repaint" else 12 + 1)
     for t, xo in seen:
         alpha, sigma = (float(v) for v in sde.marginal(torch.tensor([t], dtype=torch.float64)))
         # 5 standard errors of the mean and of the standard deviation
         assert abs(float(xo.mean()) - alpha * 0.6) < 5 * sigma / math.sqrt(n) + 1e-12
         assert abs(float(xo.std()) - sigma) < 5 * sigma / math.sqrt(2 * n) + 1e-12
+
+
+def test_repaint_default_step_leaves_no_forward_noise_after_few_steps():
+    """A sharp Gaussian, N(mu, 0.05^2 I), x_1 observed: the exact posterior of x_2 is
+    N(-0.4, 0.05^2). At RePaint's digits setting (N = 10, j = r = 5) the default step (DDIM,
+    eta 1: the forward chain's posterior) gives std 0.031; a step that adds the forward noise
+    keeps about sigma_{t_9} = 0.32 of it (ancestral, sigma^2 = beta: 0.31; Euler-Maruyama: 0.70)."""
+    s = 0.05
+    gm = GaussianMixture([1.0], [[0.3, -0.4]], [[s, s]])
+    y = torch.tensor([0.5, math.nan], dtype=torch.float64)
+    options = {"method": "repaint", "steps": 10, "jump_length": 5, "resamples": 5}
+    x, info, _ = _run(gm, MASK2, y, 2000, **options)
+    assert info.sampler == "ddim" and info.nfe == 30
+    assert abs(float(x[:, 1].mean()) + 0.4) < 0.005
+    assert 0.5 * s < float(x[:, 1].std()) < 1.5 * s
+    x, _, _ = _run(gm, MASK2, y, 2000, sampler="ancestral", **options)
+    assert float(x[:, 1].std()) > 4 * s
+    with pytest.raises(
+        ValueError, match=r"eta must lie in \[0, 1\], got 2.0"
+    ):  # an eta given is the caller's
+        _run(gm, MASK2, y, 4, eta=2.0, **options)
 
 
 @pytest.mark.parametrize("sampler", ["euler_maruyama", "ancestral", "dpmpp_2m", "heun"])
@@ -200,7 +222,7 @@ def test_which_samplers_each_method_runs():
         "replacement": {"ode", "adaptive_sde"},
         "repaint": {"ode", "adaptive_sde"},
         "smcdiff": {"ode", "adaptive_sde", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
-                    "dpmpp_3m_sde", "euler", "heun", "pc"},
+                    "dpmpp_3m_sde", "euler", "heun", "pc", "unipc", "unipc_2", "unipc_bh1"},
         "guidance": set(),
     }  # fmt: skip
     refused["tds"] = refused["smcdiff"]
