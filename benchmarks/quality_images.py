@@ -4,7 +4,7 @@ The run is what ``python -m sdekit train --data fashion_mnist`` does: the IDX fi
 :func:`sdekit.data.load_mnist` (the Debian package ``dataset-fashion-mnist`` puts them in
 ``/usr/share/datasets/fashion-mnist``; without them the script says so and exits cleanly), the
 command line's preset for 28×28 data (:func:`sdekit.presets.preset`, through
-:func:`sdekit.cli.train_config`) and its sampler, with :math:`\hat x_0` bounded as the preset's
+:func:`sdekit.cli.train.train_config`) and its sampler, with :math:`\hat x_0` bounded as the preset's
 ``sample_threshold`` says (:meth:`sdekit.training.Trainer.sample`, as the grids are drawn). Training runs for
 ``--minutes`` of process CPU time (one thread; on CUDA: wall time), and at every checkpoint in
 ``--minutes`` the EMA weights are judged by the classifier of ``judge.py``, trained on the 60,000
