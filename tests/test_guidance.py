@@ -264,7 +264,8 @@ def test_guidance_interval_and_rescaling():
 SAMPLER_STEPS = {
     "adaptive_sde": 1, "ancestral": 100, "ddim": 40, "dpmpp_2m": 15, "dpmpp_2m_sde": 30,
     "dpmpp_3m": 15, "dpmpp_3m_sde": 30, "euler": 50, "euler_maruyama": 100, "heun": 25, "ode": 1,
-    "pc": 50, "ancestral_learned": 100, "ddim_learned": 40,
+    "pc": 50, "ancestral_learned": 100, "ddim_learned": 40, "unipc": 15, "unipc_2": 15,
+    "unipc_bh1": 15,
 }  # fmt: skip
 # the learned-variance samplers without a variance head: a fixed interpolation v (measured
 # 0.9-1.8x the floor for v in {0, 0.5, 1})
