@@ -48,7 +48,8 @@ def test_inpaint_writes_a_grid(digits_run, tmp_path, capsys, mask, method):
         argv += ["--particles", "2"]
     assert main(argv) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert f"inpainting ({method}, ancestral" in capsys.readouterr().out
+    step = "ddim" if method == "repaint" else "ancestral"  # RePaint's default: DDIM eta = 1
+    assert f"inpainting ({method}, {step}" in capsys.readouterr().out
 
 
 def test_inpaint_errors_name_the_argument(digits_run, tmp_path, capsys):

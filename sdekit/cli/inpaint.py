@@ -35,7 +35,11 @@ def add_parsers(sub) -> None:
     inp.add_argument(
         "--method", choices=METHODS, default="repaint", help="how to complete (default: repaint)"
     )
-    inp.add_argument("--sampler", default="ancestral", help="sampler name (default: ancestral)")
+    inp.add_argument(
+        "--sampler",
+        help="sampler name (default: ddim with eta 1 for repaint, its posterior step; ancestral "
+        "otherwise)",
+    )
     inp.add_argument("--steps", type=positive_int, default=100, help="sampler steps (default: 100)")
     inp.add_argument(
         "--particles", type=positive_int, help="particles of smcdiff and tds (default: 16)"
@@ -111,7 +115,9 @@ def _inpaint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         extra = {} if args.particles is None else {"particles": args.particles}
         x, info = inpaint(
             trained.model, trained.sde, op, observed.repeat_interleave(args.completions, 0),
-            method=args.method, sampler=args.sampler, steps=args.steps, cond=cond,
+            method=args.method, steps=args.steps, cond=cond,
+            # None: RePaint's own default step (sdekit.inpainting)
+            sampler=args.sampler or (None if args.method == "repaint" else "ancestral"),
             prediction=sample_prediction(trained.config),
             generator=torch.Generator(device).manual_seed(args.seed), **extra,
         )  # fmt: skip
