@@ -17,8 +17,8 @@ from torch import nn
 
 from ..checks import check_batch_time
 from ..configurable import Configurable
-from .embeddings import GaussianFourierEmbedding, time_embedding
-from .unet import Attention, ResBlock, _norm
+from .embeddings import GaussianFourierEmbedding
+from .unet import _norm, build_encoder, build_time_mlp, run_encoder
 
 
 def _check_classes(num_classes: int) -> int:
@@ -49,43 +49,14 @@ class UNetClassifier(nn.Module, Configurable):
     ):
         super().__init__()
         self.num_classes = _check_classes(num_classes)
-        if not channel_mults or min(channel_mults) < 1:
-            raise ValueError(
-                f"channel_mults must be a non-empty tuple of ints >= 1, got {channel_mults}"
-            )
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size < 1 or image_size % factor:
-            raise ValueError(
-                f"image_size must be a positive multiple of 2 ** (len(channel_mults) - 1) = "
-                f"{factor}, got {image_size}"
-            )
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.in_channels, self.image_size = in_channels, image_size
-        emb_dim = 4 * base_channels
-        self.time = nn.Sequential(
-            time_embedding(embedding, base_channels),
-            nn.Linear(base_channels, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        ch, res = base_channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                out = base_channels * mult
-                attn = Attention(out) if res in attn_resolutions else nn.Identity()
-                self.down.append(nn.ModuleList([ResBlock(ch, out, emb_dim, dropout), attn]))
-                ch = out
-            if level < len(channel_mults) - 1:
-                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-                res //= 2
-        self.mid = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
-        )
+        self.time = build_time_mlp(embedding, base_channels)
+        encoder = build_encoder(
+            in_channels, image_size, base_channels, channel_mults, num_res_blocks,
+            attn_resolutions, dropout,
+        )  # fmt: skip
+        self.conv_in, self.down, self.mid = encoder.conv_in, encoder.down, encoder.mid
+        ch = encoder.channels
         self.norm_out = _norm(ch)
         self.head = nn.Linear(ch, num_classes)
 
@@ -97,10 +68,7 @@ class UNetClassifier(nn.Module, Configurable):
             )
         check_batch_time(t, x)
         emb = F.silu(self.time(t))
-        h = self.conv_in(x)
-        for layer in self.down:
-            h = layer[1](layer[0](h, emb)) if isinstance(layer, nn.ModuleList) else layer(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        h, _ = run_encoder(self.conv_in(x), emb, self.down, self.mid)
         return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
 
 

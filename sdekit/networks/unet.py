@@ -12,6 +12,7 @@ must be divisible by :math:`2^{L-1}` for :math:`L` levels.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -122,58 +123,21 @@ class UNet(nn.Module, Configurable):
         p_uncond: float = 0.0,
     ):
         super().__init__()
-        if not channel_mults or min(channel_mults) < 1:
-            raise ValueError(
-                f"channel_mults must be a non-empty tuple of ints >= 1, got {channel_mults}"
-            )
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size < 1 or image_size % factor:
-            raise ValueError(
-                "image_size must be a positive multiple of 2 ** (len(channel_mults) - 1) = "
-                f"{factor}, "
-                f"got {image_size}"
-            )
-        if base_channels < 4:
-            raise ValueError(
-                "base_channels must be >= 4 (so that every GroupNorm group holds at least 4 "
-                f"channels, see norm_groups), got {base_channels}"
-            )
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.in_channels, self.image_size = in_channels, image_size
-        emb_dim = 4 * base_channels
-        self.time = nn.Sequential(
-            time_embedding(embedding, base_channels),
-            nn.Linear(base_channels, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.time = build_time_mlp(embedding, base_channels)
         self.num_classes = num_classes
+        emb_dim = 4 * base_channels
         self.label = LabelEmbedding(num_classes, emb_dim, p_uncond)
+        encoder = build_encoder(
+            in_channels, image_size, base_channels, channel_mults, num_res_blocks,
+            attn_resolutions, dropout,
+        )  # fmt: skip
+        self.conv_in, self.down, self.mid = encoder.conv_in, encoder.down, encoder.mid
+        skips, ch, res = list(encoder.skip_channels), encoder.channels, encoder.resolution
 
         def attn(ch: int, res: int) -> nn.Module:
             return Attention(ch) if res in attn_resolutions else nn.Identity()
 
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips, ch, res = [base_channels], base_channels, image_size
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                out = base_channels * mult
-                self.down.append(
-                    nn.ModuleList([ResBlock(ch, out, emb_dim, dropout), attn(out, res)])
-                )
-                skips.append(out)
-                ch = out
-            if level < len(channel_mults) - 1:
-                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-                skips.append(ch)
-                res //= 2
-        self.mid = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
-        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for _ in range(num_res_blocks + 1):
@@ -223,6 +187,84 @@ class UNet(nn.Module, Configurable):
         self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.decode(*self.encode(x, t, labels))
+
+
+@dataclass
+class Encoder:
+    """The input convolution, encoder levels and middle block of a :class:`UNet`, and what the
+    decoder needs to know of them: the channels of each skip, the last channels and resolution."""
+
+    conv_in: nn.Conv2d
+    down: nn.ModuleList
+    mid: nn.ModuleList
+    skip_channels: tuple[int, ...]
+    channels: int
+    resolution: int
+
+
+def build_time_mlp(embedding: str, base_channels: int) -> nn.Sequential:
+    """Features of ``t`` lifted to the ``4 * base_channels`` conditioning width."""
+    emb_dim = 4 * base_channels
+    return nn.Sequential(
+        time_embedding(embedding, base_channels),
+        nn.Linear(base_channels, emb_dim),
+        nn.SiLU(),
+        nn.Linear(emb_dim, emb_dim),
+    )
+
+
+def build_encoder(
+    in_channels: int,
+    image_size: int,
+    base_channels: int,
+    channel_mults: tuple[int, ...],
+    num_res_blocks: int,
+    attn_resolutions: tuple[int, ...],
+    dropout: float,
+) -> Encoder:
+    """The down path of a :class:`UNet` (shared by :class:`~sdekit.networks.UNetClassifier`),
+    its arguments checked; modules are created in the order the UNet always created them, so a
+    seed gives the same initial weights."""
+    if not channel_mults or min(channel_mults) < 1:
+        raise ValueError(
+            f"channel_mults must be a non-empty tuple of ints >= 1, got {channel_mults}"
+        )
+    factor = 2 ** (len(channel_mults) - 1)
+    if image_size < 1 or image_size % factor:
+        raise ValueError(
+            "image_size must be a positive multiple of 2 ** (len(channel_mults) - 1) = "
+            f"{factor}, "
+            f"got {image_size}"
+        )
+    if base_channels < 4:
+        raise ValueError(
+            "base_channels must be >= 4 (so that every GroupNorm group holds at least 4 "
+            f"channels, see norm_groups), got {base_channels}"
+        )
+    if num_res_blocks < 1:
+        raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    emb_dim = 4 * base_channels
+    conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+    down = nn.ModuleList()
+    skips, ch, res = [base_channels], base_channels, image_size
+    for level, mult in enumerate(channel_mults):
+        for _ in range(num_res_blocks):
+            out = base_channels * mult
+            block = ResBlock(ch, out, emb_dim, dropout)
+            attn = Attention(out) if res in attn_resolutions else nn.Identity()
+            down.append(nn.ModuleList([block, attn]))
+            skips.append(out)
+            ch = out
+        if level < len(channel_mults) - 1:
+            down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            skips.append(ch)
+            res //= 2
+    mid = nn.ModuleList(
+        [ResBlock(ch, ch, emb_dim, dropout), Attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
+    )
+    return Encoder(conv_in, down, mid, tuple(skips), ch, res)
 
 
 def embed(
