@@ -110,6 +110,8 @@ def _add_control_parser(sub) -> None:
 def _train_control(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..control import control_trainer
 
+    if not args.base.is_file():
+        parser.error(f"--base {args.base}: no such file (the checkpoint.pt of a trained image run)")
     skip = ("command", "run", "parser", "base", "hint", "hint_dropout", "hint_hidden", "base_ema")
     overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if "out" not in overrides:
