@@ -498,4 +498,7 @@ def test_command_line_train_control_and_sample_from_images(base_run, tmp_path, c
     with pytest.raises(SystemExit):
         main(["train-control", "--base", str(out / "checkpoint.pt"), "--hint", "edges"])
     assert "is a ControlNet checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train-control", "--base", str(tmp_path / "missing.pt"), "--hint", "edges"])
+    assert "--base " in capsys.readouterr().err
     assert read_images(tmp_path / "img.pt", (1, 8, 8)).shape == (3, 1, 8, 8)
