@@ -19,11 +19,16 @@ training images (its test accuracy is printed):
   one 8-bit grey level outside (:math:`\lvert x\rvert > 1 + 2/255`), with the preset's bound and
   without it (``sample_threshold none``: the model as it is, ending at :math:`x_{t_\min}`).
 
+``--ema-decays`` adds moving averages of other lengths to the same run (the preset's warm-up; an
+average never changes the trained weights, so each row is what that ``ema_decay`` would give), judged
+with the preset's bound.
+
 Targets (issue 9): after 30 CPU-minutes a distance of at most 5 times the floor with under 1% of
 the pixels saturated, and samples recognisable in the grid (written to ``--grid``).
 
     python benchmarks/quality_images.py                          # 10 and 30 CPU-minutes
     python benchmarks/quality_images.py --minutes 2 --n 200      # a quick look
+    python benchmarks/quality_images.py --ema-decays 0.999 0.9995  # EMA lengths, same run
     python benchmarks/quality_images.py --device cuda --minutes 5
 """
 
@@ -39,6 +44,7 @@ import torch
 
 from sdekit.cli import train_config
 from sdekit.data import FASHION_MNIST_DEBIAN, load_dataset
+from sdekit.ema import EMA
 from sdekit.figures import save_samples
 from sdekit.training import Trainer
 
@@ -57,6 +63,15 @@ def row(r: tuple, floor: float) -> str:
     )
 
 
+def sample_average(trainer: Trainer, average: EMA, n: int, threshold: str) -> torch.Tensor:
+    """``trainer.sample`` (the run's sampler and seed) from another moving average."""
+    kept, trainer.ema = trainer.ema, average
+    try:
+        return trainer.sample(n, threshold=threshold).cpu()
+    finally:
+        trainer.ema = kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 30], help="budgets")
@@ -65,6 +80,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="torch device (UNet and sampling)")
     parser.add_argument("--judge-cache", help="save/load the judge's weights here (.pt)")
     parser.add_argument("--grid", default="outputs/quality_images_{minutes}.png")
+    parser.add_argument("--ema-decays", type=float, nargs="*", default=[], help="extra EMAs")
     args = parser.parse_args()
     if min(args.minutes) <= 0 or args.n < 10:
         parser.error(f"--minutes must be > 0 and --n >= 10, got {args.minutes}, {args.n}")
@@ -85,7 +101,7 @@ def main() -> int:
     floor, real = real_floor(judge, x, reference)
     print(f"judge: {judge_s:.0f} CPU s to train, test accuracy {accuracy:.3f}")
 
-    rows = [("real training images", "", "", "", judge_samples(judge, real, reference))]
+    rows = [("real training images", "", "", "", "", judge_samples(judge, real, reference))]
     with tempfile.TemporaryDirectory() as out:
         flags = {"data": "fashion_mnist", "device": args.device, "out": out, "steps": 10**9}
         if args.data_root != FASHION_MNIST_DEBIAN:
@@ -99,11 +115,16 @@ def main() -> int:
             f"at {cfg.sample_steps} steps, x0-hat bound {cfg.sample_threshold}; {args.n} samples; "
             f"device {device}"
         )
+        averages = [EMA(trainer.model, d, warmup=cfg.ema_warmup) for d in args.ema_decays]
         clock = time.perf_counter if cuda else time.process_time
         start, wall, loads = clock(), time.perf_counter(), [load_average()]
         for minutes in sorted(args.minutes):
             while clock() - start < 60 * minutes:
                 trainer.train_step()
+                tick = clock()
+                for average in averages:
+                    average.update(trainer.model)
+                start += clock() - tick  # the extra averages are not the run's training time
             if cuda:
                 torch.cuda.synchronize()
             used, loads = clock() - start, [*loads, load_average()]
@@ -112,24 +133,33 @@ def main() -> int:
                 samples = trainer.sample(args.n, threshold=threshold).cpu()
                 scores = judge_samples(judge, samples, reference)
                 nfe = cfg.sample_steps + (threshold != "none")  # + the final denoising step
-                rows.append((*head, f"{nfe}, {threshold}", scores))
+                rows.append((*head, f"{cfg.ema_decay:g}", f"{nfe}, {threshold}", scores))
                 print(row(rows[-1], floor), flush=True)
                 if threshold == cfg.sample_threshold:
                     grid = Path(args.grid.format(minutes=f"{minutes:g}"))
                     save_samples(samples[:64], grid)
                     print(f"grid after {minutes:g} minutes: {grid}", flush=True)
+            for average in averages:
+                threshold = cfg.sample_threshold
+                scores = judge_samples(
+                    judge, sample_average(trainer, average, args.n, threshold), reference
+                )
+                nfe = cfg.sample_steps + (threshold != "none")
+                rows.append((*head, f"{average.decay:g}", f"{nfe}, {threshold}", scores))
+                print(row(rows[-1], floor), flush=True)
             start += clock() - start - used  # sampling and judging are not training time
 
     unit = "GPU wall" if cuda else "CPU"
     print(
-        f"\n| {unit} min | wall min | steps | NFE, threshold | Fréchet distance | floor | ratio | "
-        "saturated | > 1 grey level | max abs | mean max-softmax | class histogram 0-9 |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        f"\n| {unit} min | wall min | steps | EMA | NFE, threshold | Fréchet distance | floor | "
+        "ratio | saturated | > 1 grey level | max abs | mean max-softmax | class histogram 0-9 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(row(r, floor))
     print(f"\nload average {min(loads):.1f}-{max(loads):.1f} (uptime) during training")
-    last = [s for *head, s in rows if head[3].endswith(f", {cfg.sample_threshold}")][-1]
+    preset = f"{cfg.ema_decay:g}", f", {cfg.sample_threshold}"
+    last = [s for *h, s in rows if h[3] == preset[0] and h[4].endswith(preset[1])][-1]
     ok = last["fd"] <= 5 * floor and last["saturated"] < 0.01
     print(
         f"target after {max(args.minutes):g} minutes (FD <= 5x floor, < 1% saturated): "
