@@ -87,6 +87,7 @@ def sample_shards(
     threshold: str | None = None,
     checkpoint: str | Path | None = None,
     ema: bool = True,
+    guidance: dict[str, Any] | None = None,
     log=None,
 ) -> dict:
     r"""Draw ``n`` samples of ``trained`` (:func:`~sdekit.inference.load_model`) into sharded
@@ -95,8 +96,11 @@ def sample_shards(
 
     ``checkpoint`` is the file ``trained`` came from: its SHA-256 is a setting, so a resume with
     other weights is refused. ``threshold``: the bound on :math:`\hat x_0`
-    (:meth:`~sdekit.inference.TrainedModel.sample_batched`; default: the run's). Returns the
-    manifest.
+    (:meth:`~sdekit.inference.TrainedModel.sample_batched`; default: the run's). ``guidance``:
+    what a guided ``trained.model`` applies (:mod:`sdekit.guidance`; e.g. ``{"w": 2.0}``, or a
+    classifier's path, SHA-256 and scale), recorded as a setting so that a resume with other
+    guidance is refused; a classifier's file path in it is hashed like ``checkpoint``. Returns
+    the manifest.
     """
     positive_int("batch_size", batch_size)
     positive_int("steps", steps)
@@ -110,6 +114,11 @@ def sample_shards(
         "threshold": threshold or trained.config.sample_threshold,
         "data_shape": list(trained.data_shape), "num_classes": trained.num_classes,
     }  # fmt: skip
+    if guidance is not None:  # absent otherwise: unguided manifests stay as they were
+        settings["guidance"] = dict(guidance)
+        if guidance.get("classifier") is not None:
+            path = Path(guidance["classifier"]).resolve()
+            settings["guidance"].update(classifier=str(path), classifier_sha256=file_sha256(path))
     device = next(trained.model.parameters()).device
     with_labels = trained.num_classes is not None
 

@@ -3,6 +3,7 @@ the Trainer (checkpoint, EMA, bitwise resume), and the command line's guided sam
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -18,6 +19,7 @@ from sdekit.configurable import from_config
 from sdekit.inference import load_model
 from sdekit.linear import VPSDE
 from sdekit.networks import NULL_LABEL, UNetClassifier
+from sdekit.shards import MANIFEST_NAME, file_sha256, load_shards
 
 DIGITS = dict(
     data="digits", batch_size=16, channels=8, channel_mults=(1, 2), num_res_blocks=1,
@@ -121,10 +123,23 @@ def test_guided_sampling_bad_input(runs, tmp_path, capsys, checkpoint, extra, me
     assert message in capsys.readouterr().err
 
 
-def test_guided_sampling_is_refused_with_out_dir(runs, tmp_path, capsys):
-    # a sharded run's manifest does not record the guidance, so a resume could mix settings
-    argv = ["sample", "--checkpoint", runs["model"], "--out-dir", str(tmp_path / "shards")]
-    with pytest.raises(SystemExit):
-        main([*argv, "--guidance", "1", "--steps", "1", "--n", "2", "--device", "cpu"])
-    assert "not recorded in an --out-dir manifest" in capsys.readouterr().err
-    assert not (tmp_path / "shards").exists()
+def test_guided_sampling_into_shards_records_the_guidance(runs, tmp_path, capsys):
+    ckpt = ["sample", "--checkpoint", runs["model"], "--steps", "2", "--n", "4", "--device", "cpu"]
+    guided = ["--label", "3", "--guidance", "2.0", "--classifier", runs["clf"]]
+    assert main([*ckpt, *guided, "--out", str(tmp_path / "s.pt")]) == 0
+    assert main([*ckpt, *guided, "--out-dir", str(tmp_path / "shards")]) == 0
+    manifest = json.loads((tmp_path / "shards" / MANIFEST_NAME).read_text())
+    recorded = manifest["settings"]["guidance"]
+    assert recorded["w"] == 2.0 and recorded["classifier_scale"] == 1.0
+    assert recorded["classifier_sha256"] == file_sha256(runs["clf"])
+    # the shards hold the guided samples that --out gives
+    shards = torch.from_numpy(load_shards(tmp_path / "shards")["samples"])
+    torch.testing.assert_close(shards, torch.load(tmp_path / "s.pt"), rtol=0, atol=1e-6)
+    # a resume with other guidance (or none) is refused, naming it
+    for other in (
+        ["--label", "3", "--guidance", "1.0", "--classifier", runs["clf"]],
+        ["--label", "3"],
+    ):
+        with pytest.raises(SystemExit):
+            main([*ckpt, *other, "--out-dir", str(tmp_path / "shards")])
+        assert "guidance" in capsys.readouterr().err

@@ -144,11 +144,6 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         get_sampler(args.method)
         if args.classifier_scale is not None and args.classifier is None:
             raise ValueError("--classifier-scale needs --classifier PATH")
-        if args.out_dir is not None and (args.guidance, args.classifier) != (None, None):
-            raise ValueError(
-                "--guidance and --classifier are not recorded in an --out-dir manifest yet: "
-                "sample a guided model with --out"
-            )
         if args.hint_from is not None:
             if (args.guidance, args.classifier) != (None, None):
                 raise ValueError("--guidance and --classifier do not apply to --hint-from")
@@ -164,7 +159,8 @@ def _sample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.out_dir is not None:
             manifest = sample_shards(
                 trained, args.out_dir, n=n, shard_size=args.shard_size,
-                batch_size=args.batch_size, checkpoint=args.checkpoint, ema=args.ema, **options,
+                batch_size=args.batch_size, checkpoint=args.checkpoint, ema=args.ema,
+                guidance=_guidance_settings(args), **options,
             )  # fmt: skip
         else:
             x = trained.sample_batched(n, batch_size=args.batch_size, **options)
@@ -231,6 +227,16 @@ class _Guided(nn.Module):
 
     def forward(self, x, t, cond=None):
         return self.guided(x, t, cond)
+
+
+def _guidance_settings(args: argparse.Namespace) -> dict | None:
+    """The guidance flags as an --out-dir manifest records them (None without guidance)."""
+    if args.guidance is None and args.classifier is None:
+        return None
+    scale = None
+    if args.classifier is not None:
+        scale = 1.0 if args.classifier_scale is None else args.classifier_scale
+    return {"w": args.guidance, "classifier": args.classifier, "classifier_scale": scale}
 
 
 def _guided(trained: TrainedModel, args: argparse.Namespace) -> TrainedModel:
