@@ -66,7 +66,7 @@ from sdekit.data import load_digits
 from sdekit.guidance import NULL_LABEL, classifier_free_guidance, classifier_guidance
 from sdekit.metrics import sliced_w1
 from sdekit.parameterization import from_score
-from sdekit.sampling import sample
+from sdekit.sampling import fit_grid, sample
 from sdekit.sde import broadcast_to_data
 from sdekit.training import TrainConfig, Trainer
 
@@ -339,17 +339,36 @@ def oracle(args, device) -> dict:
         if p.name in ("k:dpmpp_2m", "d:DPM++2M[linspace]", "d:DPM++2M[trailing]")
     ]  # fmt: skip
 
-    def ours(grid):
+    def ours(grid, method="dpmpp_2m"):
         def run(score, x_T, nfe, generator):
-            x, info = sample(score, sde, x_T, method="dpmpp_2m", steps=nfe, grid=grid)
+            x, info = sample(score, sde, x_T, method=method, steps=nfe, grid=grid)
             return x, info.nfe
 
         return run
 
-    # its default grid (uniform in log-SNR), and the grid uniform in t that diffusers' spacing is
+    fits: dict = {}
+
+    def fitted(method):
+        # fit_grid on the guided model alone, from x_T draws other than the measured ones
+        def run(score, x_T, nfe, generator):
+            key = (id(score), method, nfe)
+            if key not in fits:
+                x_fit = torch.randn(args.fit_n, 2, generator=torch.Generator().manual_seed(77 + nfe),
+                                    dtype=torch.float64).to(x_T.device)  # fmt: skip
+                fits[key] = fit_grid(score, sde, x_fit, nfe, method=method)
+            x, info = sample(score, sde, x_T, method=method, grid=fits[key].ts)
+            return x, info.nfe
+
+        return run
+
+    # its default grid (uniform in log-SNR), the grid uniform in t that diffusers' spacing is, UniPC
+    # and grids fitted to the guided model (sdekit.sampling.fit_grid)
     runners[:0] = [
         peer_lib.Peer("sdekit:dpmpp_2m", ours(None)),
         peer_lib.Peer("sdekit:dpmpp_2m[uniform t]", ours("uniform")),
+        peer_lib.Peer("sdekit:unipc_2", ours(None, "unipc_2")),
+        peer_lib.Peer("sdekit:dpmpp_2m[fitted]", fitted("dpmpp_2m")),
+        peer_lib.Peer("sdekit:unipc_2[fitted]", fitted("unipc_2")),
     ]
     target = ORACLE.class_mixture(CLASS)
     g = torch.Generator().manual_seed(3)
@@ -401,6 +420,19 @@ def oracle(args, device) -> dict:
                 f"| {nfe} | " + " | ".join(f"{e:.4f}" for e in errs) + " | "
                 + " | ".join(f"{r:.2f}" for r in ratios) + " |"
             )  # fmt: skip
+        print("\n| NFE | best sdekit | best peer | sdekit / peer |\n|---:|---|---|---:|")
+        for nfe in args.nfe:
+            best = {
+                side: min((row[nfe][0], name) for name, row in table.items()
+                          if name.startswith("sdekit:") == (side == "sdekit") and nfe in row)
+                for side in ("sdekit", "peer")
+            }  # fmt: skip
+            (a, a_name), (b, b_name) = best["sdekit"], best["peer"]
+            print(f"| {nfe} | {a:.4f} ({a_name}) | {b:.4f} ({b_name}) | {a / b:.2f} |")
+        cost = [f"{k[1]} at NFE {k[2]}: {f.nfe} NFE, {f.seconds:.1f} s" for k, f in fits.items()
+                if k[0] == id(score)]  # fmt: skip
+        print(f"grids fitted on {args.fit_n} other x_T (one-off cost): "
+              + "; ".join(cost))  # fmt: skip
     results["floor"] = floor
     return results
 
@@ -460,6 +492,7 @@ def main() -> None:
     parser.add_argument("--oracle-n", type=int, help="oracle samples (quick 4000, full 20000)")
     parser.add_argument("--nfe", type=int, nargs="+", help="oracle NFE budgets")
     parser.add_argument("--directions", type=int, default=64, help="sliced-W1 directions")
+    parser.add_argument("--fit-n", type=int, default=512, help="x_T draws the grids are fitted on")
     parser.add_argument("--skip-digits", action="store_true", help="only the oracle comparison")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
