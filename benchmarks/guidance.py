@@ -4,12 +4,19 @@ r"""Guidance on the embedded digits, and guided sampling against peers on the ex
 configuration are imported from there, the judge CNN and the Fréchet distance from ``judge.py``).
 On the training digits the script trains, through :class:`sdekit.training.Trainer`,
 
-- a class-conditional UNet (eps-prediction, VP SDE; ``quality_digits.py``'s configuration) with
-  label dropout ``--p-uncond`` to a learned null label, so that it also predicts the
-  unconditional noise (Ho & Salimans 2022);
+- a class-conditional UNet with the command line's settings for the digits
+  (:func:`sdekit.presets.preset`: EDM preconditioning on the VP SDE, log-normal noise levels,
+  :math:`\hat x_0` clipped to [-1, 1] while sampling; what ``sdekit train --data digits
+  --class-conditional --p-uncond 0.1`` trains) with label dropout ``--p-uncond`` to a learned null
+  label, so that it also predicts the unconditional model (Ho & Salimans 2022);
 - a noise-conditional classifier of the same size (:class:`sdekit.classifier.ClassifierTrainer`:
   :class:`~sdekit.networks.UNetClassifier`, the UNet's encoder with a pooled head) on :math:`x_t`
-  of the same SDE (:class:`~sdekit.classifier.NoisyClassifierLoss`).
+  of the same SDE at :math:`t \sim U[t_{\min}, T]`, as Dhariwal & Nichol
+  (:class:`~sdekit.classifier.NoisyClassifierLoss`).
+
+Guidance acts on the network's output, then :math:`\hat x_0` is clipped (the preset's bound;
+:func:`sdekit.thresholding.thresholded`) and the samplers end with the denoising step, as
+``sdekit sample`` does.
 
 It then draws ``--n`` samples, the classes in turn, with DPM-Solver++(2M) (20 steps) and
 Euler-Maruyama (100 steps, then Tweedie's denoising step), with classifier-free guidance at
@@ -61,14 +68,17 @@ import numpy as np
 import torch
 
 import sdekit
+from sdekit.builders import sample_prediction
 from sdekit.classifier import ClassifierTrainer
+from sdekit.cli import train_config
 from sdekit.data import load_digits
 from sdekit.guidance import NULL_LABEL, classifier_free_guidance, classifier_guidance
 from sdekit.metrics import sliced_w1
 from sdekit.parameterization import from_score
 from sdekit.sampling import fit_grid, sample
 from sdekit.sde import broadcast_to_data
-from sdekit.training import TrainConfig, Trainer
+from sdekit.thresholding import thresholded
+from sdekit.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers as peer_lib  # noqa: E402
@@ -147,16 +157,20 @@ def digits(args, device) -> list[dict]:
     )
 
     with tempfile.TemporaryDirectory() as out:
-        common = {**qd.DIGITS_CONFIG, "class_conditional": True, "device": str(device)}
-        config = TrainConfig.from_dict(
+        common = {
+            "data": "digits", "class_conditional": True, "device": str(device),
+            "sample_every": 0, "checkpoint_every": 0,
+        }  # fmt: skip
+        config = train_config(
             {**common, "p_uncond": args.p_uncond, "steps": args.steps, "out": f"{out}/model"}
         )
         trainer = Trainer(config, data=(x_train, y_train))
         load_before = load_average()
         model_s, model_loss = train(trainer, args.minutes)
-        clf_config = TrainConfig.from_dict(
-            {**common, "steps": args.classifier_steps, "out": f"{out}/classifier"}
-        )
+        clf_config = train_config(
+            {**common, "t_sampling": "uniform", "steps": args.classifier_steps,
+             "out": f"{out}/classifier"}
+        )  # fmt: skip
         clf_trainer = ClassifierTrainer(clf_config, data=(x_train, y_train))
         clf_s, clf_loss = train(clf_trainer, args.classifier_minutes)
     load = max(load_before, load_average())
@@ -167,6 +181,8 @@ def digits(args, device) -> list[dict]:
     )
 
     net, clf, sde = trainer.ema.module.eval(), clf_trainer.ema.module.eval(), trainer.sde
+    prediction, bound = sample_prediction(trainer.config), trainer.config.sample_threshold
+    print(f"UNet predicts {prediction}; x0-hat bound {bound}")
     labels = torch.arange(args.n, device=device) % 10
 
     def unconditional(x, t):
@@ -175,7 +191,7 @@ def digits(args, device) -> list[dict]:
     rows, gallery = [], {}
     guided_models = [("CFG", w, classifier_free_guidance(net, w=w)) for w in CFG_WEIGHTS]
     guided_models += [
-        ("CG", s, classifier_guidance(unconditional, clf, scale=s, prediction="eps", sde=sde))
+        ("CG", s, classifier_guidance(unconditional, clf, scale=s, prediction=prediction, sde=sde))
         for s in CG_SCALES
     ]
     for method, steps in METHODS:
@@ -185,8 +201,10 @@ def digits(args, device) -> list[dict]:
             start = time.process_time()
             with torch.no_grad():
                 x, info = sample(
-                    model, sde, (args.n, 1, 8, 8), method=method, steps=steps, prediction="eps",
-                    cond=labels, generator=torch.Generator(device).manual_seed(0), device=device,
+                    bounded(model, sde, prediction, bound), sde, (args.n, 1, 8, 8), method=method,
+                    steps=steps, prediction=prediction, cond=labels, device=device,
+                    generator=torch.Generator(device).manual_seed(0),
+                    denoise_final=True if bound != "none" else None,
                 )  # fmt: skip
             accuracy, class_fd, pooled_fd = judge.score(x, labels)
             if method == METHODS[0][0] and kind == "CFG":
@@ -229,14 +247,19 @@ def digits(args, device) -> list[dict]:
             f"{method}: w = 0 accuracy {base['accuracy']:.3f} (target >= 0.95); guided, FD <= "
             f"1.5x that of w = 0: {verdict} (target >= 0.99)"
         )
-    diffusers_peer(net, sde, labels, judge, args, device)
+    diffusers_peer(net, sde, labels, judge, args, device, prediction, bound)
     for r in rows:
         r.update(class_floor=judge.class_floor)
     save_gallery(gallery, labels.cpu(), args.plot.with_name(args.plot.stem + "_samples.png"))
     return rows
 
 
-def diffusers_peer(net, sde, labels, judge, args, device) -> None:
+def bounded(model, sde, prediction: str, bound: str):
+    r"""``model`` with :math:`\hat x_0` bounded as the preset says (unchanged for ``"none"``)."""
+    return model if bound == "none" else thresholded(model, sde, prediction, method=bound)
+
+
+def diffusers_peer(net, sde, labels, judge, args, device, prediction, bound) -> None:
     """The same network and sampler guided by diffusers' ``ClassifierFreeGuidance`` guider
     (``guidance_scale`` = 1 + w, ``guidance_rescale`` = phi) and by sdekit's, from the same noise."""
     try:
@@ -261,8 +284,10 @@ def diffusers_peer(net, sde, labels, judge, args, device) -> None:
         for model in (ours, theirs):
             with torch.no_grad():
                 x, _ = sample(
-                    model, sde, (args.n, 1, 8, 8), method=method, steps=steps, prediction="eps",
-                    cond=labels, generator=torch.Generator(device).manual_seed(0), device=device,
+                    bounded(model, sde, prediction, bound), sde, (args.n, 1, 8, 8), method=method,
+                    steps=steps, prediction=prediction, cond=labels, device=device,
+                    generator=torch.Generator(device).manual_seed(0),
+                    denoise_final=True if bound != "none" else None,
                 )  # fmt: skip
             out.append((x, judge.score(x, labels)))
         (xa, (acc_a, fd_a, _)), (xb, (acc_b, fd_b, _)) = out
