@@ -23,10 +23,19 @@ Monte-Carlo floor can be ranked (in 1D, where the flow map is monotone, the nois
 of the same :math:`x_T` in 1D, a Sobol sequence of one more dimension (the component, then the
 Gaussian) in more dimensions. Injected noise stays pseudo-random.
 
+Where the samplers start. The prior :math:`N(0, I)` is not the SDE's marginal :math:`p_T` (at
+:math:`T = 1` the data mean survives with weight :math:`\alpha(1) = e^{-5.05}`), and even the exact
+flow from it misses :math:`p_0`: in 1D by :math:`W_1 = 0.0064`, more than the samplers' own error
+from about 12 NFE on, so there a sampler can look better than exact by cancelling that bias. The
+"exact flow" column is that floor: the distance of a 2000-step DPM-Solver++(3M) solve (pathwise
+within :math:`10^{-8}` of exact) from the same :math:`x_T`. ``--start marginal`` draws :math:`x_T`
+from :math:`p_T` itself (exactly, as the exact samples above), so the exact flow ends at
+:math:`p_{t_{\min}}` (1D: :math:`W_1 = 0.0009` to :math:`p_0`) and the table ranks the solvers.
+
     python benchmarks/samplers.py            # quick: small N, NFE 5, 10, 20
     python benchmarks/samplers.py --full     # N = 200,000 (1D) / 100,000 (2D) / 50,000 (16D)
     python benchmarks/samplers.py --full --reference /tmp/ref --device cuda
-    python benchmarks/samplers.py --full --qmc --targets 1D   # rank the budgets near the floor
+    python benchmarks/samplers.py --full --qmc --start marginal --targets 1D   # rank near the floor
 """
 
 from __future__ import annotations
@@ -135,6 +144,21 @@ def exact_draw(gm: sdekit.GaussianMixture, n: int, seed: int, qmc: bool) -> torc
     return gm.means[k] + gm.stds[k] * torch.special.ndtri(u[:, 1:])
 
 
+def start_points(gm: sdekit.GaussianMixture, sde, n: int, seed: int, args) -> torch.Tensor:
+    """The samplers' common :math:`x_T`: draws of the prior :math:`N(0, I)` (``--start prior``) or
+    exact draws of the marginal :math:`p_T` (``--start marginal``)."""
+    if args.start == "marginal":
+        return exact_draw(gm.at(float(sde.T), sde), n, seed, args.qmc)
+    return draw_x_T(n, gm.dim, seed, args.qmc)
+
+
+def exact_flow(gm, sde, x_T: torch.Tensor, directions: int) -> float:
+    """The distance to :math:`p_0` of the exact probability flow from ``x_T`` (2000 steps of
+    DPM-Solver++(3M) with the exact score: a floor for every deterministic sampler)."""
+    x, _ = sample(gm.score_fn(sde), sde, x_T, method="dpmpp_3m", steps=2000)
+    return distance(x, gm, directions)
+
+
 def floor(gm: sdekit.GaussianMixture, n: int, directions: int, seeds: int, qmc: bool) -> float:
     """Mean distance of ``n`` exact samples of :math:`p_0` over ``seeds`` seeds."""
     draws = [distance(exact_draw(gm, n, 1000 + s, qmc), gm, directions) for s in range(seeds)]
@@ -220,8 +244,9 @@ class CountingScore:
 
 def run_target(gm, sde, runners, args, device, seed) -> dict[str, dict[int, tuple[float, int]]]:
     """``{runner name: {nfe budget: (error, nfe used)}}`` for one target and one seed of x_T/noise."""
-    x_T = draw_x_T(args.n, gm.dim, seed, args.qmc).to(device)
+    x_T = start_points(gm, sde, args.n, seed, args).to(device)
     results: dict[str, dict[int, tuple[float, int]]] = {}
+    results["exact flow"] = {0: (exact_flow(gm, sde, x_T, args.directions), 2000)}
     for runner in runners:
         start = time.perf_counter()
         row: dict[int, tuple[float, int]] = {}
@@ -310,15 +335,17 @@ ISSUE_REFERENCE = {
 }
 
 
-def markdown(title: str, results, floor_value: float, nfes, every: bool, outside: dict) -> str:
+def markdown(
+    title: str, results, floor_value: float, flow: float, nfes, every: bool, outside: dict
+) -> str:
     """One target's table; ``outside`` is the outside run's numbers by budget, which count as the
     best peer where better than this run's."""
     lines = [
         f"### {title}",
         "",
-        "| NFE | MC floor | best sdekit | best peer | sdekit / peer | target | best reference code "
-        "| sdekit / reference |",
-        "|---:|---:|---|---|---:|---:|---|---:|",
+        "| NFE | MC floor | exact flow | best sdekit | best peer | sdekit / peer | target "
+        "| best reference code | sdekit / reference |",
+        "|---:|---:|---:|---|---|---:|---:|---|---:|",
     ]
     for budget in nfes:
         s_err, s_name = best(results, budget, "sdekit")
@@ -331,7 +358,8 @@ def markdown(title: str, results, floor_value: float, nfes, every: bool, outside
         met = "met" if s_err <= goal * p_err else "missed"
         ref = f"{r_err:.4g} ({r_name.removeprefix('ref:')})" if r_name != "-" else "-"
         lines.append(
-            f"| {budget} | {floor_value:.4g} | {s_err:.4g} ({s_name.removeprefix('sdekit:')}) "
+            f"| {budget} | {floor_value:.4g} | {flow:.4g} "
+            f"| {s_err:.4g} ({s_name.removeprefix('sdekit:')}) "
             f"| {p_err:.4g} ({p_name}) | {s_err / p_err:.2f} | <= {goal} {met} | {ref} "
             f"| {s_err / r_err:.2f} |"
         )
@@ -391,6 +419,12 @@ def main() -> None:
     parser.add_argument("--every", action="store_true", help="also print every method's errors")
     parser.add_argument("--qmc", action="store_true", help="x_T from scrambled Sobol points")
     parser.add_argument(
+        "--start",
+        choices=("prior", "marginal"),
+        default="prior",
+        help="x_T from the prior N(0, I) or exactly from the SDE's marginal p_T",
+    )
+    parser.add_argument(
         "--seeds", type=int, help="independent draws of x_T and noise to average (quick 1, full 3)"
     )
     parser.add_argument(
@@ -446,6 +480,7 @@ def main() -> None:
         floors[title] = floor(gm, n, args.directions, seeds, args.qmc)
         runs = [run_target(gm, sde, runners, args, device, seed) for seed in range(args.seeds)]
         all_results[title] = average(runs)
+        flow = all_results[title].pop("exact flow")[0][0]
         text.append(
             f"N = {n}.\n\n"
             # the outside run drew x_T pseudo-randomly: its numbers carry that sampling noise
@@ -453,6 +488,7 @@ def main() -> None:
                 title,
                 all_results[title],
                 floors[title],
+                flow,
                 args.nfe,
                 args.every,
                 {} if args.qmc else ISSUE_REFERENCE.get(title, {}),
@@ -462,7 +498,8 @@ def main() -> None:
     header = (
         f"VP SDE (linear beta 0.1..20, T = 1, t_min = 1e-3), exact float64 score, "
         f"errors = mean over {args.seeds} draws of x_T and noise (seeds 0..{args.seeds - 1}), "
-        f"x_T {'scrambled Sobol (QMC)' if args.qmc else 'pseudo-random'}, "
+        f"x_T {'scrambled Sobol (QMC)' if args.qmc else 'pseudo-random'} draws of "
+        f"{'N(0, I)' if args.start == 'prior' else 'p_T'}, "
         f"MC floor = mean over {seeds} seeds of N exact samples drawn the same way, "
         f"{args.directions} directions for "
         f"the sliced W1; fitted grids fitted on {fit_n} other draws of x_T; target: sdekit <= 0.7 x "
