@@ -19,9 +19,10 @@ training images (its test accuracy is printed):
   one 8-bit grey level outside (:math:`\lvert x\rvert > 1 + 2/255`), with the preset's bound and
   without it (``sample_threshold none``: the model as it is, ending at :math:`x_{t_\min}`).
 
-``--ema-decays`` adds moving averages of other lengths to the same run (the preset's warm-up; an
-average never changes the trained weights, so each row is what that ``ema_decay`` would give), judged
-with the preset's bound.
+``--also-steps`` judges the preset's sampler at other numbers of steps too, ``--save`` keeps the
+final checkpoint. ``--ema-decays`` adds moving averages of other lengths to the same run (the
+preset's warm-up; an average never changes the trained weights, so each row is what that
+``ema_decay`` would give), judged with the preset's bound.
 
 Targets (issue 9): after 30 CPU-minutes a distance of at most 5 times the floor with under 1% of
 the pixels saturated, and samples recognisable in the grid (written to ``--grid``).
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from sdekit.checkpoint import save_checkpoint
 from sdekit.cli import train_config
 from sdekit.data import FASHION_MNIST_DEBIAN, load_dataset
 from sdekit.ema import EMA
@@ -81,6 +83,8 @@ def main() -> int:
     parser.add_argument("--judge-cache", help="save/load the judge's weights here (.pt)")
     parser.add_argument("--grid", default="outputs/quality_images_{minutes}.png")
     parser.add_argument("--ema-decays", type=float, nargs="*", default=[], help="extra EMAs")
+    parser.add_argument("--also-steps", type=int, nargs="*", default=[], help="sampler steps")
+    parser.add_argument("--save", type=Path, help="write the final checkpoint here")
     args = parser.parse_args()
     if min(args.minutes) <= 0 or args.n < 10:
         parser.error(f"--minutes must be > 0 and --n >= 10, got {args.minutes}, {args.n}")
@@ -139,6 +143,13 @@ def main() -> int:
                     grid = Path(args.grid.format(minutes=f"{minutes:g}"))
                     save_samples(samples[:64], grid)
                     print(f"grid after {minutes:g} minutes: {grid}", flush=True)
+            for steps in args.also_steps:
+                threshold = cfg.sample_threshold
+                samples = trainer.sample(args.n, steps=steps, threshold=threshold).cpu()
+                nfe = steps + (threshold != "none")
+                scores = judge_samples(judge, samples, reference)
+                rows.append((*head, f"{cfg.ema_decay:g}", f"{nfe}, {threshold}", scores))
+                print(row(rows[-1], floor), flush=True)
             for average in averages:
                 threshold = cfg.sample_threshold
                 scores = judge_samples(
@@ -148,6 +159,8 @@ def main() -> int:
                 rows.append((*head, f"{average.decay:g}", f"{nfe}, {threshold}", scores))
                 print(row(rows[-1], floor), flush=True)
             start += clock() - start - used  # sampling and judging are not training time
+        if args.save:
+            save_checkpoint(trainer.state_dict(), args.save)
 
     unit = "GPU wall" if cuda else "CPU"
     print(
@@ -158,8 +171,9 @@ def main() -> int:
     for r in rows:
         print(row(r, floor))
     print(f"\nload average {min(loads):.1f}-{max(loads):.1f} (uptime) during training")
-    preset = f"{cfg.ema_decay:g}", f", {cfg.sample_threshold}"
-    last = [s for *h, s in rows if h[3] == preset[0] and h[4].endswith(preset[1])][-1]
+    nfe = cfg.sample_steps + (cfg.sample_threshold != "none")
+    preset = f"{cfg.ema_decay:g}", f"{nfe}, {cfg.sample_threshold}"
+    last = [s for *h, s in rows if (h[3], h[4]) == preset][-1]
     ok = last["fd"] <= 5 * floor and last["saturated"] < 0.01
     print(
         f"target after {max(args.minutes):g} minutes (FD <= 5x floor, < 1% saturated): "

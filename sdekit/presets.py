@@ -30,7 +30,9 @@ _IMAGES = dict(
 #: the preset of each image size
 PRESETS: dict[str, dict] = {
     "8x8": dict(_IMAGES, channels=32, channel_mults=(1, 2), batch_size=128, lr=2e-3),
-    "28x28": dict(_IMAGES, channels=16, channel_mults=(1, 2, 2), batch_size=64, lr=2e-3),
+    "28x28": dict(
+        _IMAGES, channels=16, channel_mults=(1, 2, 2), batch_size=64, lr=2e-3, ema_decay=0.999
+    ),
     "32x32": dict(_IMAGES, channels=32, channel_mults=(1, 2, 2), batch_size=64, lr=2e-3),
 }
 #: the preset each data set uses (folders of images: the 32x32 one)
