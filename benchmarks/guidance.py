@@ -199,13 +199,7 @@ def digits(args, device) -> list[dict]:
             if (kind, weight) not in args.em_rows and method == "euler_maruyama":
                 continue
             start = time.process_time()
-            with torch.no_grad():
-                x, info = sample(
-                    bounded(model, sde, prediction, bound), sde, (args.n, 1, 8, 8), method=method,
-                    steps=steps, prediction=prediction, cond=labels, device=device,
-                    generator=torch.Generator(device).manual_seed(0),
-                    denoise_final=True if bound != "none" else None,
-                )  # fmt: skip
+            x, info = draw(model, sde, labels, method, steps, prediction, bound)
             accuracy, class_fd, pooled_fd = judge.score(x, labels)
             if method == METHODS[0][0] and kind == "CFG":
                 gallery[weight] = x.float().cpu()
@@ -247,19 +241,29 @@ def digits(args, device) -> list[dict]:
             f"{method}: w = 0 accuracy {base['accuracy']:.3f} (target >= 0.95); guided, FD <= "
             f"1.5x that of w = 0: {verdict} (target >= 0.99)"
         )
-    diffusers_peer(net, sde, labels, judge, args, device, prediction, bound)
+    diffusers_peer(net, sde, labels, judge, prediction, bound)
     for r in rows:
         r.update(class_floor=judge.class_floor)
     save_gallery(gallery, labels.cpu(), args.plot.with_name(args.plot.stem + "_samples.png"))
     return rows
 
 
-def bounded(model, sde, prediction: str, bound: str):
-    r"""``model`` with :math:`\hat x_0` bounded as the preset says (unchanged for ``"none"``)."""
-    return model if bound == "none" else thresholded(model, sde, prediction, method=bound)
+def draw(model, sde, labels: torch.Tensor, method: str, steps: int, prediction: str, bound: str):
+    r"""Digits of ``labels`` from noise seed 0, as ``sdekit sample`` draws them: :math:`\hat x_0`
+    bounded as the preset says, then the denoising step after a bound. Returns ``(x, info)``."""
+    if bound != "none":
+        model = thresholded(model, sde, prediction, method=bound)
+    device = labels.device
+    with torch.no_grad():
+        return sample(
+            model, sde, (labels.shape[0], 1, 8, 8), method=method, steps=steps,
+            prediction=prediction, cond=labels, device=device,
+            generator=torch.Generator(device).manual_seed(0),
+            denoise_final=True if bound != "none" else None,
+        )  # fmt: skip
 
 
-def diffusers_peer(net, sde, labels, judge, args, device, prediction, bound) -> None:
+def diffusers_peer(net, sde, labels, judge, prediction, bound) -> None:
     """The same network and sampler guided by diffusers' ``ClassifierFreeGuidance`` guider
     (``guidance_scale`` = 1 + w, ``guidance_rescale`` = phi) and by sdekit's, from the same noise."""
     try:
@@ -282,13 +286,7 @@ def diffusers_peer(net, sde, labels, judge, args, device, prediction, bound) -> 
         ours = classifier_free_guidance(net, w=w, rescale_phi=phi)
         out = []
         for model in (ours, theirs):
-            with torch.no_grad():
-                x, _ = sample(
-                    bounded(model, sde, prediction, bound), sde, (args.n, 1, 8, 8), method=method,
-                    steps=steps, prediction=prediction, cond=labels, device=device,
-                    generator=torch.Generator(device).manual_seed(0),
-                    denoise_final=True if bound != "none" else None,
-                )  # fmt: skip
+            x, _ = draw(model, sde, labels, method, steps, prediction, bound)
             out.append((x, judge.score(x, labels)))
         (xa, (acc_a, fd_a, _)), (xb, (acc_b, fd_b, _)) = out
         print(
